@@ -1,0 +1,87 @@
+"""Multi-step LIF in plain PyTorch: the semantics every fused backend must reproduce.
+
+Equations (SpikingJelly ``LIFNode`` defaults), for t = 0..T-1 with V[-1] = v_init (or V_reset):
+- charge, decay_input:     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) * inv_tau
+  charge, not decay_input: H[t] = V[t-1] - (V[t-1] - V_reset) * inv_tau + X[t]
+- fire:                    S[t] = 1 if H[t] >= V_th else 0
+- reset, hard:             V[t] = V_reset where S[t] else H[t]
+  reset, soft (V_reset None): V[t] = H[t] - V_th * S[t]
+With soft reset, V_reset in the charge equation is 0. The output is S (spiking) or ReLU(H)
+(analog, LIAF). Autograd flows through a sigmoid surrogate of the step (alpha * sig * (1 - sig)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+class SigmoidSurrogateSpike(torch.autograd.Function):
+    """Heaviside step forward (x >= 0 fires); d/dx sigmoid(alpha x) backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.alpha = alpha
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        sig = torch.sigmoid(ctx.alpha * x)
+        return grad_output * ctx.alpha * sig * (1.0 - sig), None
+
+
+@dataclass
+class LIFResult:
+    """out: [T, B, F] spikes (or ReLU(H) when analog); v: [B, F] float32 final membrane or None;
+    spike_count: [B] int64 spikes per sample or None."""
+
+    out: torch.Tensor
+    v: torch.Tensor | None
+    spike_count: torch.Tensor | None
+
+
+def multistep_lif(
+    x: torch.Tensor,
+    *,
+    inv_tau: float | torch.Tensor,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = True,
+    surrogate_alpha: float = 4.0,
+    analog_output: bool = False,
+    v_init: torch.Tensor | None = None,
+    return_v: bool = False,
+    count_spikes: bool = False,
+) -> LIFResult:
+    """Run T steps of LIF over x: [T, B, F] (any float dtype; computed in float32).
+
+    inv_tau: 1/tau as a float, or a 0-d tensor (PLIF: sigmoid(w), gradient flows to w).
+    v_init: [B, F] membrane to start from (streaming), else V_reset (0 for soft reset).
+    """
+    steps = x.shape[0]
+    rest = 0.0 if v_reset is None else v_reset
+    xf = x.float()
+    v = torch.full_like(xf[0], rest) if v_init is None else v_init.float()
+    outs = []
+    counts = None
+    for t in range(steps):
+        if decay_input:
+            h = v + (xf[t] - (v - rest)) * inv_tau
+        else:
+            h = v - (v - rest) * inv_tau + xf[t]
+        spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
+        if count_spikes:
+            step_count = spike.detach().sum(dim=-1, dtype=torch.int64) if spike.dim() > 1 else spike.detach().long()
+            counts = step_count if counts is None else counts + step_count
+        spike_for_reset = spike.detach() if detach_reset else spike
+        if v_reset is None:
+            v = h - v_threshold * spike_for_reset
+        else:
+            v = h * (1.0 - spike_for_reset) + v_reset * spike_for_reset
+        outs.append(torch.relu(h) if analog_output else spike)
+    out = torch.stack(outs).to(x.dtype)
+    return LIFResult(out=out, v=v if return_v else None, spike_count=counts)

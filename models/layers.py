@@ -1,0 +1,90 @@
+"""Time-distributed layers over ``[T, B, ...]``: the step-wise ops fold T into the batch.
+
+``SeqConv2d`` and ``SeqLinear`` are the synaptic layers: when telemetry is on they report their
+MACs and, when fed by spikes, the share of active inputs (for SOPs). Set ``analog_input=True`` on
+a layer fed by real values (the encoding layer, projections after a LayerNorm): its MACs then
+count as MACs, not as synaptic operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from models import telemetry
+
+
+def fold_time(x: torch.Tensor) -> torch.Tensor:
+    """[T, B, ...] -> [T*B, ...] (a view when x is contiguous)."""
+    return x.flatten(0, 1)
+
+
+def unfold_time(y: torch.Tensor, steps: int) -> torch.Tensor:
+    """[T*B, ...] -> [T, B, ...]."""
+    return y.unflatten(0, (steps, y.shape[0] // steps))
+
+
+class SeqConv2d(nn.Conv2d):
+    """Conv2d applied at every step. x: [T, B, C_in, H, W] -> [T, B, C_out, H', W']."""
+
+    def __init__(self, *args: Any, analog_input: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.analog_input = analog_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        steps = x.shape[0]
+        y = unfold_time(super().forward(fold_time(x)), steps)
+        recorder = telemetry.current_recorder()
+        if recorder is not None:
+            kernel_macs = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+            macs_per_step = kernel_macs * y[0, 0].numel()
+            fraction = None if self.analog_input else telemetry.active_fraction(x)
+            recorder.record_synapse(self, macs_per_step, steps, fraction)
+        return y
+
+
+class SeqLinear(nn.Linear):
+    """Linear on the last axis. x: [T, B, ..., in] -> [T, B, ..., out]."""
+
+    def __init__(self, *args: Any, analog_input: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.analog_input = analog_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(x)
+        recorder = telemetry.current_recorder()
+        if recorder is not None:
+            steps, batch = x.shape[0], x.shape[1]
+            rows_per_step = x.numel() // (steps * batch * self.in_features)
+            macs_per_step = rows_per_step * self.in_features * self.out_features
+            fraction = None if self.analog_input else telemetry.active_fraction(x)
+            recorder.record_synapse(self, macs_per_step, steps, fraction)
+        return y
+
+
+class SeqBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with statistics over time and batch. x: [T, B, C, H, W]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return unfold_time(super().forward(fold_time(x)), x.shape[0])
+
+
+class SeqBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over features. x: [T, B, F] or [T, B, N, F] (features last)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        flat = x.reshape(-1, x.shape[-1])
+        return super().forward(flat).reshape(x.shape)
+
+
+class SeqToANN(nn.Module):
+    """Apply any step-wise module (pooling, flatten) at every step. x: [T, B, ...]."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return unfold_time(self.module(fold_time(x)), x.shape[0])

@@ -1,0 +1,144 @@
+"""Multi-step spiking neurons over ``[T, B, ...]`` tensors: LIF, PLIF, LIAF, PLIAF.
+
+Semantics match SpikingJelly's ``LIFNode`` defaults (see ``kernels/lif/reference.py`` for the
+equations): tau=2, V_th=1, V_reset=0 (None = soft reset), decay_input=True, detach_reset=True,
+sigmoid surrogate with alpha=4. LIAF/PLIAF charge, fire and reset the same way but pass
+ReLU(V before reset) downstream (analog output).
+
+State: each forward starts from V_reset unless ``streaming`` is on, in which case the final
+membrane is kept and the next forward continues from it until ``reset_state()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from models import telemetry
+from models.kernels.lif import BACKENDS, multistep_lif
+
+
+class MultiStepNeuron(nn.Module):
+    """Base of every spiking layer. x: [T, B, ...] float -> [T, B, ...] in x's dtype."""
+
+    analog_output = False
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        detach_reset: bool = True,
+        surrogate_alpha: float = 4.0,
+        backend: str = "torch",
+    ) -> None:
+        super().__init__()
+        if tau <= 1.0:
+            raise ValueError(f"tau must be > 1 (got {tau}): 1/tau is the leak per step")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.tau = float(tau)
+        self.v_threshold = float(v_threshold)
+        self.v_reset = None if v_reset is None else float(v_reset)
+        self.decay_input = decay_input
+        self.detach_reset = detach_reset
+        self.surrogate_alpha = float(surrogate_alpha)
+        self.backend = backend
+        self.streaming = False
+        self.v: torch.Tensor | None = None  # [B, F] float32, kept only while streaming
+
+    def inv_tau(self) -> float | torch.Tensor:
+        """1/tau: a float for LIF, a 0-d tensor for the parametric neurons."""
+        return 1.0 / self.tau
+
+    def reset_state(self) -> None:
+        """Forget the membrane kept by a streaming caller."""
+        self.v = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"{type(self).__name__} expects [T, B, ...], got shape {tuple(x.shape)}")
+        steps, batch = x.shape[0], x.shape[1]
+        flat = x.reshape(steps, batch, -1)
+        recorder = telemetry.current_recorder()
+        v_init = self.v if self.streaming and self.v is not None and self.v.shape == flat.shape[1:] else None
+        result = multistep_lif(
+            flat,
+            backend=self.backend,
+            inv_tau=self.inv_tau(),
+            v_threshold=self.v_threshold,
+            v_reset=self.v_reset,
+            decay_input=self.decay_input,
+            detach_reset=self.detach_reset,
+            surrogate_alpha=self.surrogate_alpha,
+            analog_output=self.analog_output,
+            v_init=v_init,
+            return_v=self.streaming,
+            count_spikes=recorder is not None,
+        )
+        if self.streaming:
+            self.v = None if result.v is None else result.v.detach()
+        if recorder is not None and result.spike_count is not None:
+            recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)
+        return result.out.reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
+        return f"tau={self.tau}, v_threshold={self.v_threshold}, {reset}, backend={self.backend}"
+
+
+class LIF(MultiStepNeuron):
+    """Leaky integrate-and-fire with a fixed time constant."""
+
+
+class PLIF(MultiStepNeuron):
+    """Parametric LIF: 1/tau = sigmoid(w), w learnable, initialised so that tau = ``tau``."""
+
+    def __init__(self, tau: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(tau=tau, **kwargs)
+        self.w = nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
+
+    def inv_tau(self) -> torch.Tensor:
+        return torch.sigmoid(self.w)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", learned_tau={1.0 / float(torch.sigmoid(self.w.detach())):.3f}"
+
+
+class LIAF(LIF):
+    """LIF that passes ReLU(membrane before reset) downstream: analog output, spiking dynamics."""
+
+    analog_output = True
+
+
+class PLIAF(PLIF):
+    """Parametric LIAF: learnable 1/tau, analog ReLU output (Spikeformer on ImageNet)."""
+
+    analog_output = True
+
+
+NEURONS: dict[str, type[MultiStepNeuron]] = {"lif": LIF, "plif": PLIF, "liaf": LIAF, "pliaf": PLIAF}
+
+NeuronFactory = Callable[[], nn.Module]
+
+
+def neuron_factory(kind: str = "lif", **settings: Any) -> NeuronFactory:
+    """A zero-argument factory for blocks (SpikingJelly's ``spiking_neuron`` pattern).
+
+    ``neuron_factory("plif", tau=2.0, backend="triton")()`` builds one PLIF layer.
+    """
+    try:
+        cls = NEURONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown neuron {kind!r}; choose one of {', '.join(NEURONS)}") from None
+    cls(**settings)  # validate the settings once, here, rather than deep inside a block
+
+    def make() -> nn.Module:
+        return cls(**settings)
+
+    return make

@@ -1,0 +1,180 @@
+"""Spike-rate telemetry gathered during the forward pass itself.
+
+Spiking layers and synaptic layers report into the recorder that is active in the current
+context (a ``ContextVar``, so concurrent requests in threads never mix). Each report is a
+small per-sample reduction computed by the layer from values it already holds (the spike
+tensor it just produced, the input it is about to convolve): no second pass over the
+network and no hook that copies activations. Reductions stay on the device until
+``report()`` moves them to the host in one go.
+
+Conventions, as SNN papers report them (45 nm figures, Horowitz 2014):
+- spike rate of a layer = spikes / (neurons x T)
+- synaptic operations (SOPs) of a layer = rate of its incoming spikes x T x its MACs per step
+- energy = E_MAC x MACs of layers fed by real values (the encoding layer, and in Spikeformer the
+  projections fed by LayerNorm) + E_AC x SOPs
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+
+_ACTIVE: ContextVar[TelemetryRecorder | None] = ContextVar("spikeserve_telemetry", default=None)
+
+
+@dataclass
+class _SpikeTally:
+    neurons: int  # per sample, per time step
+    time_steps: int = 0
+    spikes: torch.Tensor | None = None  # [B] int64, on the layer's device
+
+
+@dataclass
+class _SynapseTally:
+    analog_input: bool
+    macs: int = 0  # per sample, summed over time steps
+    active_macs: torch.Tensor | None = None  # [B] float64: MACs weighted by input activity
+
+
+@dataclass(frozen=True)
+class LayerTelemetry:
+    """One spiking layer's activity for one sample."""
+
+    name: str
+    neurons: int
+    spikes: int
+    spike_rate: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "neurons": self.neurons, "spikes": self.spikes, "spike_rate": self.spike_rate}
+
+
+@dataclass(frozen=True)
+class SampleTelemetry:
+    """A whole network's activity for one sample (one request)."""
+
+    spike_rate: float
+    spikes: int
+    synaptic_ops: float
+    macs: float
+    energy_uj: float
+    layers: tuple[LayerTelemetry, ...] = field(default_factory=tuple)
+
+    def as_dict(self, with_layers: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "spike_rate": self.spike_rate,
+            "spikes": self.spikes,
+            "synaptic_ops": self.synaptic_ops,
+            "macs": self.macs,
+            "energy_uj": self.energy_uj,
+        }
+        if with_layers:
+            out["layers"] = [layer.as_dict() for layer in self.layers]
+        return out
+
+
+class TelemetryRecorder:
+    """Collects per-sample reductions from the layers of one network during one forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._names = {id(module): name or "input" for name, module in model.named_modules()}
+        self._spikes: dict[str, _SpikeTally] = {}
+        self._synapses: dict[str, _SynapseTally] = {}
+
+    def _name(self, module: nn.Module) -> str:
+        return self._names.get(id(module), type(module).__name__)
+
+    def record_spikes(self, module: nn.Module, spikes_per_sample: torch.Tensor, neurons: int, time_steps: int) -> None:
+        """A spiking layer fired ``spikes_per_sample`` ([B] int) over ``time_steps`` steps.
+
+        ``neurons`` counts the layer's neurons for one sample at one step.
+        """
+        tally = self._spikes.setdefault(self._name(module), _SpikeTally(neurons=neurons))
+        counts = spikes_per_sample.detach().to(torch.int64)
+        tally.spikes = counts if tally.spikes is None else tally.spikes + counts
+        tally.time_steps += time_steps
+
+    def record_synapse(
+        self,
+        module: nn.Module,
+        macs_per_step: int,
+        time_steps: int,
+        active_fraction: torch.Tensor | None,
+    ) -> None:
+        """A synaptic layer (conv/linear) ran ``macs_per_step`` MACs per sample per step.
+
+        ``active_fraction`` ([B] float): the share of non-zero inputs, per sample, for a layer fed
+        by spikes; ``None`` for a layer fed by real values, whose MACs all count as MACs.
+        """
+        analog = active_fraction is None
+        tally = self._synapses.setdefault(self._name(module), _SynapseTally(analog_input=analog))
+        macs = macs_per_step * time_steps
+        tally.macs += macs
+        if active_fraction is not None:
+            active = active_fraction.detach().to(torch.float64) * macs
+            tally.active_macs = active if tally.active_macs is None else tally.active_macs + active
+
+    def report(self) -> list[SampleTelemetry]:
+        """Per-sample telemetry, one entry per batch element (a single host transfer per tensor)."""
+        layer_counts = {name: t.spikes.cpu() for name, t in self._spikes.items() if t.spikes is not None}
+        batch = next((len(c) for c in layer_counts.values()), 0)
+        sop_counts = [t.active_macs.cpu() for t in self._synapses.values() if t.active_macs is not None]
+        if batch == 0 and sop_counts:
+            batch = len(sop_counts[0])
+        mac_total = float(sum(t.macs for t in self._synapses.values() if t.analog_input))
+        samples = []
+        for b in range(batch):
+            layers = []
+            total_spikes = 0
+            total_capacity = 0
+            for name, tally in self._spikes.items():
+                spikes = int(layer_counts[name][b])
+                capacity = tally.neurons * tally.time_steps
+                total_spikes += spikes
+                total_capacity += capacity
+                layers.append(LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0))
+            sops = float(sum(float(c[b]) for c in sop_counts))
+            energy_pj = E_MAC_PJ * mac_total + E_AC_PJ * sops
+            samples.append(
+                SampleTelemetry(
+                    spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
+                    spikes=total_spikes,
+                    synaptic_ops=sops,
+                    macs=mac_total,
+                    energy_uj=energy_pj * 1e-6,
+                    layers=tuple(layers),
+                )
+            )
+        return samples
+
+
+@contextlib.contextmanager
+def record(model: nn.Module) -> Iterator[TelemetryRecorder]:
+    """Make a recorder active for the forward passes run inside the ``with`` block."""
+    recorder = TelemetryRecorder(model)
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_recorder() -> TelemetryRecorder | None:
+    """The recorder of the current context, or ``None`` when telemetry is off (the fast path)."""
+    return _ACTIVE.get()
+
+
+def active_fraction(x: torch.Tensor) -> torch.Tensor:
+    """Share of non-zero entries per sample. x: [T, B, ...] -> [B] float32 (a reduction, no copy)."""
+    dims = tuple(d for d in range(x.dim()) if d != 1)
+    per_sample = x.numel() // x.shape[1] if x.shape[1] else 1
+    return torch.count_nonzero(x, dim=dims).to(torch.float32) / per_sample

@@ -1,0 +1,50 @@
+"""The one ``Settings`` class: environment variables with prefix ``SPIKESERVE_``, read once, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every tunable of a spikeserve process. CLI flags override the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="SPIKESERVE_", extra="ignore")
+
+    # where checkpoints live
+    registry: Path = Path("zoo")
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    admin_token: str | None = None  # generated and printed once at start-up when unset
+    api_keys: list[str] = Field(default_factory=list)  # when set, inference needs one (X-API-Key or Bearer)
+    # limits on input (checked before the expensive work)
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_pixels: int = 16 * 1024 * 1024
+    max_events: int = 5_000_000
+    request_timeout_s: float = 30.0
+    # batching (per model overrides: {"danet-mnist": 64})
+    max_batch_size: int = 32
+    max_batch_size_per_model: dict[str, int] = Field(default_factory=dict)
+    max_delay_ms: float = 5.0
+    max_delay_ms_per_model: dict[str, float] = Field(default_factory=dict)
+    max_queue_size: int = 1024
+    # what runs the networks
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    neuron_backend: str = "auto"
+    default_models: list[str] = Field(default_factory=list)  # loaded and warmed before /readyz; empty = all
+    torch_threads: int | None = None
+    # distributed mode: set redis_url to put requests on Redis Streams instead of running models here
+    redis_url: str | None = None
+    redis_prefix: str = "spikeserve"
+    redis_max_backlog: int = 10_000
+    claim_idle_ms: int = 5_000
+    heartbeat_interval_s: float = 2.0
+
+    def batch_size_for(self, model: str) -> int:
+        return self.max_batch_size_per_model.get(model, self.max_batch_size)
+
+    def delay_ms_for(self, model: str) -> float:
+        return self.max_delay_ms_per_model.get(model, self.max_delay_ms)

@@ -1,0 +1,113 @@
+"""What travels between gateway and worker: small frozen dataclasses, msgpack on the wire.
+
+Arrays travel as raw bytes with dtype and shape (``numpy.lib.format`` descr), never pickle.
+The embedded pool passes the objects as they are; the Redis pool uses ``to_bytes``/``from_bytes``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import msgpack
+import numpy as np
+
+TelemetryLevel = Literal["none", "summary", "layers"]
+InputKind = Literal["image", "events"]
+TELEMETRY_LEVELS: tuple[str, ...] = ("none", "summary", "layers")
+
+
+def _pack_array(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array)
+    descr = np.lib.format.dtype_to_descr(array.dtype)
+    return {"descr": descr, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def _unpack_array(packed: dict[str, Any]) -> np.ndarray:
+    descr = packed["descr"]
+    # descr is a str for plain dtypes, a list of [name, type] pairs for structured ones
+    dtype = np.dtype([tuple(field) for field in descr] if isinstance(descr, list) else descr)
+    return np.frombuffer(packed["data"], dtype=dtype).reshape(packed["shape"])
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One input for one model version.
+
+    array: ``kind == "image"``: [C, H, W] float32 in [0, 1], already at the model's size;
+    ``kind == "events"``: structured events with fields x, y, t (microseconds), p.
+    options: input handling the worker applies (events: ``fit`` = "crop" | "scale",
+    ``sensor_width``/``sensor_height`` of the recording).
+    """
+
+    request_id: str
+    model_name: str
+    model_version: int
+    kind: InputKind
+    array: np.ndarray
+    time_steps: int
+    telemetry: TelemetryLevel = "summary"
+    top_k: int = 5
+    deadline: float = field(default_factory=lambda: time.time() + 30.0)  # unix seconds
+    options: dict[str, Any] = field(default_factory=dict)
+    enqueued_at: float = field(default_factory=time.time)
+
+    @property
+    def batch_key(self) -> tuple[str, int, int, str]:
+        """Requests with the same key can share one batch (same network, same T, same input kind)."""
+        return (self.model_name, self.model_version, self.time_steps, self.kind)
+
+    def to_bytes(self) -> bytes:
+        payload = asdict(self)
+        payload["array"] = _pack_array(self.array)
+        return msgpack.packb(payload, use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InferenceRequest:
+        payload = msgpack.unpackb(data, raw=False)
+        payload["array"] = _unpack_array(payload["array"])
+        return cls(**payload)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    index: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """The worker's answer to one request. ``error`` is (code, message) when it failed.
+
+    probabilities: every class, in label order (the v2 protocol returns them all).
+    telemetry: ``SampleTelemetry.as_dict`` output (layers only at level "layers"), or None.
+    """
+
+    request_id: str
+    model_name: str
+    model_version: int
+    time_steps: int
+    predictions: tuple[Prediction, ...] = ()
+    probabilities: tuple[float, ...] = ()
+    telemetry: dict[str, Any] | None = None
+    queue_ms: float = 0.0
+    compute_ms: float = 0.0
+    batch_size: int = 1
+    warnings: tuple[str, ...] = ()
+    error: tuple[str, str] | None = None
+    worker_id: str = ""
+
+    def to_bytes(self) -> bytes:
+        return msgpack.packb(asdict(self), use_bin_type=True)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InferenceResult:
+        payload = msgpack.unpackb(data, raw=False)
+        payload["predictions"] = tuple(Prediction(**p) for p in payload["predictions"])
+        payload["probabilities"] = tuple(payload["probabilities"])
+        payload["warnings"] = tuple(payload["warnings"])
+        if payload["error"] is not None:
+            payload["error"] = tuple(payload["error"])
+        return cls(**payload)
