@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 # One pattern for every model name: lower-case letters, digits, '-', '_' and '.', starting with a
 # letter or digit, at most 64 characters. It keeps names safe as folder names and in URLs.
@@ -55,7 +55,9 @@ class TimeSteps(_Strict):
     @model_validator(mode="after")
     def _ordered(self) -> TimeSteps:
         if not self.min <= self.default <= self.max:
-            raise ValueError(f"time steps need min <= default <= max, got {self.min}, {self.default}, {self.max}")
+            raise ValueError(
+                f"time steps need min <= default <= max, got {self.min}, {self.default}, {self.max}"
+            )
         return self
 
 
@@ -129,7 +131,8 @@ class Manifest(_Strict):
     version: int = Field(ge=1)
     architecture: str
     config: dict[str, Any] = Field(default_factory=dict)
-    neuron: dict[str, Any] = Field(default_factory=lambda: {"kind": "lif"})
+    # None: the architecture's own default neuron (create_model(..., neuron=None))
+    neuron: dict[str, Any] | None = Field(default_factory=lambda: {"kind": "lif"})
     time_steps: TimeSteps
     input: InputSpec
     labels: tuple[str, ...]
@@ -144,6 +147,21 @@ class Manifest(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_model_name(value)
+
+    @field_validator("architecture")
+    @classmethod
+    def _architecture(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("architecture must name a registered architecture")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # the registry passes neuron settings separately: a second 'neuron' would clash at build time
+        if "neuron" in value:
+            raise ValueError("config must not hold 'neuron'; give neuron settings in the 'neuron' field")
+        return value
 
     @property
     def ref(self) -> str:

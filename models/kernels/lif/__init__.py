@@ -1,43 +1,207 @@
 """Multi-step LIF/PLIF/LIAF: one entry point, several backends.
 
 - ``torch``: the eager reference (``reference.py``), always available, differentiable.
-- ``triton``: the fused GPU kernel (``triton.py``); runs on the CPU only under TRITON_INTERPRET=1.
-- ``inductor``: the reference loop compiled by ``torch.compile``.
-- ``auto``: the fastest backend the tensor's device supports.
+- ``triton``: the fused kernel (``triton.py`` through the custom ops of ``ops.py``): CUDA tensors,
+  or CPU tensors when triton was imported with TRITON_INTERPRET=1 (the tests' way).
+- ``inductor``: the reference loop compiled by ``torch.compile`` (``inductor.py``).
+- ``auto``: the backend measured fastest on the tensor's device, among those that run there.
+  The measurement (a few runs of a fixed LIF workload per backend, compilation included once) is
+  done on the first ``auto`` call for a device and cached for the process; ``auto_timings`` shows it.
 
 An explicit backend that cannot run raises ``BackendUnavailableError``; it never falls back.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import statistics
+import sys
+import threading
+import time
 from typing import Any
 
 import torch
 
-from models.kernels.lif.reference import LIFResult, multistep_lif as reference_multistep_lif
+from models.kernels.lif.reference import LIFResult
+from models.kernels.lif.reference import multistep_lif as reference_multistep_lif
 
 BACKENDS = ("torch", "triton", "inductor", "auto")
+CONCRETE_BACKENDS = ("torch", "triton", "inductor")
+
+log = logging.getLogger(__name__)
+
+_AUTO_CHOICE: dict[str, str] = {}
+_AUTO_TIMINGS: dict[str, dict[str, float]] = {}
+_AUTO_LOCK = threading.Lock()
 
 
 class BackendUnavailableError(RuntimeError):
     """The requested neuron backend cannot run on this device or installation."""
 
 
+def _device_key(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+def _triton_unavailable_reason(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed"
+        return None
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return "the triton backend needs a CUDA device (or TRITON_INTERPRET=1 to test it on the CPU)"
+        kernels = sys.modules.get("models.kernels.lif.triton")
+        if kernels is None and "triton" in sys.modules and not _triton_imported_interpreted():
+            return "TRITON_INTERPRET=1 was set after triton was imported; set it before the first import"
+        if kernels is not None and not kernels.interpreting():
+            return "the kernels were built before TRITON_INTERPRET=1 was set; set it before the first import"
+        return None
+    return f"the triton backend does not run on {device.type} tensors"
+
+
+def _triton_imported_interpreted() -> bool:
+    import triton.language as tl
+
+    # triton.jit picks compiled or interpreted when it decorates, so triton's own jit helpers
+    # (tl.zeros among them) say which mode it was imported in; the env var may have changed since.
+    return type(tl.zeros).__name__ == "InterpretedFunction"
+
+
+def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here, or None when it can."""
+    device = torch.device(device)
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        return _triton_unavailable_reason(device)
+    if backend == "inductor":
+        from models.kernels.lif.inductor import unavailable_reason as inductor_reason
+
+        return inductor_reason(device)
+    raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The concrete backends that run on ``device`` in this process."""
+    return [b for b in CONCRETE_BACKENDS if unavailable_reason(b, device) is None]
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn ``auto`` into a concrete backend for ``device``; validate explicit names."""
+    """Turn ``auto`` into the backend measured fastest on ``device``; check that an explicit one runs there."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "torch"
+        key = _device_key(device)
+        chosen = _AUTO_CHOICE.get(key)
+        return chosen if chosen is not None else _measure_auto(torch.device(key))
+    if backend != "torch":
+        reason = unavailable_reason(backend, device)
+        if reason is not None:
+            raise BackendUnavailableError(f"neuron backend {backend!r} cannot run on {device}: {reason}")
     return backend
 
 
-def multistep_lif(x: torch.Tensor, *, backend: str = "torch", **params: Any) -> LIFResult:
-    """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params."""
-    chosen = resolve_backend(backend, x.device)
-    if chosen == "torch":
+def _run_backend(backend: str, x: torch.Tensor, params: dict[str, Any]) -> LIFResult:
+    if backend == "torch":
         return reference_multistep_lif(x, **params)
-    raise BackendUnavailableError(f"neuron backend {chosen!r} is not built yet")
+    if backend == "triton":
+        from models.kernels.lif.ops import multistep_lif_triton
+
+        return multistep_lif_triton(x, **params)
+    from models.kernels.lif.inductor import multistep_lif_inductor
+
+    return multistep_lif_inductor(x, **params)
 
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "LIFResult", "multistep_lif", "resolve_backend"]
+def multistep_lif(x: torch.Tensor, *, backend: str = "torch", **params: Any) -> LIFResult:
+    """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params;
+    the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes)."""
+    return _run_backend(resolve_backend(backend, x.device), x, params)
+
+
+def _auto_workload(device: torch.device) -> tuple[torch.Tensor, int]:
+    """A mid-sized LIF layer, [T=4, B, F], in the dtype the device serves in; and timed repeats."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    if device.type == "cuda":
+        x = torch.randn((4, 16, 1 << 18), generator=generator).to(device=device, dtype=torch.bfloat16)
+        return x, 20
+    return torch.randn((4, 4, 1 << 16), generator=generator).to(device), 5
+
+
+def _time_backend(backend: str, x: torch.Tensor, repeats: int) -> float:
+    params = {"inv_tau": 0.5, "count_spikes": True}
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    for _ in range(2):  # compile, autotune, warm caches
+        _run_backend(backend, x, params)
+    sync()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run_backend(backend, x, params)
+        sync()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _measure_auto(device: torch.device) -> str:
+    key = str(device)
+    with _AUTO_LOCK:
+        if key in _AUTO_CHOICE:
+            return _AUTO_CHOICE[key]
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("resolve the 'auto' neuron backend before capturing a CUDA graph")
+        candidates = available_backends(device)
+        if device.type == "cpu" and "triton" in candidates:
+            candidates.remove("triton")  # the interpreter is a correctness tool, never a fast path
+        x, repeats = _auto_workload(device)
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            for backend in candidates:
+                try:
+                    timings[backend] = _time_backend(backend, x, repeats)
+                except Exception as exc:  # a compiler missing or failing: auto skips it, loudly
+                    log.warning("auto neuron backend: %s failed on %s and is skipped: %s", backend, key, exc)
+        chosen = min(timings, key=timings.__getitem__) if timings else "torch"
+        _AUTO_TIMINGS[key] = timings
+        _AUTO_CHOICE[key] = chosen
+        log.info("auto neuron backend on %s: %s (median seconds %s)", key, chosen, timings)
+        return chosen
+
+
+def auto_timings(device: torch.device | str) -> dict[str, float]:
+    """Median seconds per backend measured by ``auto`` on ``device`` (empty before the first ``auto`` call)."""
+    return dict(_AUTO_TIMINGS.get(_device_key(device), {}))
+
+
+def set_auto_choice(device: torch.device | str, backend: str | None) -> None:
+    """Pin what ``auto`` means on ``device`` (tests, or a choice measured elsewhere); None forgets it."""
+    key = _device_key(device)
+    if backend is None:
+        _AUTO_CHOICE.pop(key, None)
+        _AUTO_TIMINGS.pop(key, None)
+        return
+    resolve_backend(backend, torch.device(key))  # raises for a backend that cannot run there
+    if backend == "auto":
+        raise ValueError("pin 'auto' to a concrete backend")
+    _AUTO_CHOICE[key] = backend
+
+
+__all__ = [
+    "BACKENDS",
+    "CONCRETE_BACKENDS",
+    "BackendUnavailableError",
+    "LIFResult",
+    "auto_timings",
+    "available_backends",
+    "multistep_lif",
+    "resolve_backend",
+    "set_auto_choice",
+    "unavailable_reason",
+]

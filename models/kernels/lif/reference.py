@@ -35,7 +35,8 @@ class SigmoidSurrogateSpike(torch.autograd.Function):
 
 @dataclass
 class LIFResult:
-    """out: [T, B, F] spikes (or ReLU(H) when analog); v: [B, F] float32 final membrane or None;
+    """out: [T, B, F] spikes (or ReLU(H) when analog); v: [B, F] float32 (float64 for float64 x)
+    final membrane or None;
     spike_count: [B] int64 spikes per sample or None."""
 
     out: torch.Tensor
@@ -57,15 +58,17 @@ def multistep_lif(
     return_v: bool = False,
     count_spikes: bool = False,
 ) -> LIFResult:
-    """Run T steps of LIF over x: [T, B, F] (any float dtype; computed in float32).
+    """Run T steps of LIF over x: [T, B, F] (any float dtype; computed in float32, or in float64
+    for float64 input so that fused kernels' gradients can be checked in float64).
 
     inv_tau: 1/tau as a float, or a 0-d tensor (PLIF: sigmoid(w), gradient flows to w).
     v_init: [B, F] membrane to start from (streaming), else V_reset (0 for soft reset).
     """
     steps = x.shape[0]
     rest = 0.0 if v_reset is None else v_reset
-    xf = x.float()
-    v = torch.full_like(xf[0], rest) if v_init is None else v_init.float()
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(compute)
+    v = torch.full_like(xf[0], rest) if v_init is None else v_init.to(compute)
     outs = []
     counts = None
     for t in range(steps):

@@ -1,0 +1,121 @@
+"""Structured ``.npy`` event arrays: a 1-D array with fields x, y, t (microseconds) and p.
+
+The header is parsed here, before any data is touched, so the event count is checked against
+the limit first; object dtypes are refused (they would need pickle, which is never loaded).
+Integer, unsigned, bool and integral float columns are accepted and range-checked; polarity
+may be 0/1, False/True or -1/+1 (mapped to 0/1 with a warning).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import struct
+
+import numpy as np
+
+from eventio import EVENT_DTYPE, EventRecording
+from eventio.errors import CorruptFileError, InvalidEventsError, check_event_limit
+
+MAGIC = b"\x93NUMPY"
+MAX_HEADER_BYTES = 10_000  # numpy's own default for read_array_header
+REQUIRED_FIELDS = ("x", "y", "t", "p")
+_RANGES = {"x": (0, 65535), "y": (0, 65535), "t": (-(2**63), 2**63 - 1)}
+
+
+def read_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """(dtype, shape, fortran_order, data_offset) of a ``.npy`` file, reading nothing past its header.
+
+    Raises CorruptFileError for a bad magic, an unknown version, an oversized or unreadable header,
+    or a dtype that holds Python objects.
+    """
+    view = memoryview(data).cast("B")
+    if bytes(view[:6]) != MAGIC or len(view) < 10:
+        raise CorruptFileError("not a .npy file: it does not start with '\\x93NUMPY'")
+    major = view[6]
+    if major == 1:
+        (header_len,), start, encoding = struct.unpack_from("<H", view, 8), 10, "latin1"
+    elif major in (2, 3) and len(view) >= 12:
+        (header_len,), start = struct.unpack_from("<I", view, 8), 12
+        encoding = "utf8" if major == 3 else "latin1"
+    else:
+        raise CorruptFileError(f".npy format version {major} is not supported (1, 2 and 3 are)")
+    if header_len > MAX_HEADER_BYTES or start + header_len > len(view):
+        raise CorruptFileError(
+            f".npy header of {header_len:,} bytes is too long or runs past the end of the file"
+        )
+    try:
+        header = ast.literal_eval(bytes(view[start : start + header_len]).decode(encoding))
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+        shape = tuple(int(n) for n in header["shape"])
+        fortran_order = bool(header["fortran_order"])
+    except (ValueError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, MemoryError, RecursionError):
+        raise CorruptFileError("the .npy header is not readable") from None
+    if dtype.hasobject:
+        raise CorruptFileError(".npy arrays of Python objects need pickle, which is never loaded")
+    if any(n < 0 for n in shape):
+        raise CorruptFileError(".npy header states a negative dimension")
+    return dtype, shape, fortran_order, start + header_len
+
+
+def read_npy(data: bytes | memoryview, *, max_events: int | None = None) -> EventRecording:
+    """Decode a structured ``.npy`` array [N] with fields x, y, t, p into events [N] EVENT_DTYPE.
+
+    Raises CorruptFileError (not a .npy, truncated, pickled objects), LimitExceededError (over
+    ``max_events``), InvalidEventsError (not 1-D, missing fields, values out of range).
+    """
+    view = memoryview(data).cast("B")
+    dtype, shape, _, offset = read_header(view)
+    missing = [name for name in REQUIRED_FIELDS if dtype.names is None or name not in dtype.names]
+    if missing:
+        raise InvalidEventsError(
+            f".npy events need a structured dtype with fields x, y, t, p; missing {', '.join(missing)}"
+        )
+    if len(shape) != 1:
+        raise InvalidEventsError(f".npy events must be a 1-D structured array, got shape {shape}")
+    count = shape[0]
+    check_event_limit(count, max_events, "the .npy file")
+    if offset + count * dtype.itemsize > len(view):
+        raise CorruptFileError(
+            f".npy header states {count:,} events of {dtype.itemsize} bytes but the file is truncated"
+        )
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+
+    warnings: list[str] = []
+    events = np.empty(count, dtype=EVENT_DTYPE)
+    for name, (low, high) in _RANGES.items():
+        events[name] = _integral_column(array[name], name, low, high)
+    polarity = _integral_column(array["p"], "p", -1, 1)
+    if count and polarity.min() < 0:
+        if (polarity == 0).any():
+            raise InvalidEventsError("polarity p holds -1, 0 and 1; use 0/1 or -1/+1")
+        polarity = (polarity > 0).astype(np.int64)
+        warnings.append("polarity -1/+1 read as OFF/ON (0/1)")
+    events["p"] = polarity
+    return EventRecording(events, None, "npy", tuple(warnings))
+
+
+def _integral_column(column: np.ndarray, name: str, low: int, high: int) -> np.ndarray:
+    """``column`` as int64, refusing fractions, NaN and values outside [low, high]."""
+    if column.dtype.kind not in "biuf" or column.ndim != 1:
+        raise InvalidEventsError(f"field {name!r} must be a scalar integer, bool or float field")
+    if column.size == 0:
+        return column.astype(np.int64)
+    if column.dtype.kind == "f":
+        if not np.isfinite(column).all() or (column != np.round(column)).any():
+            raise InvalidEventsError(f"field {name!r} must hold whole numbers")
+        if column.min() < low or column.max() > high:
+            raise InvalidEventsError(f"field {name!r} must lie in [{low}, {high}]")
+        return column.astype(np.int64)
+    if int(column.min()) < low or int(column.max()) > high:
+        raise InvalidEventsError(
+            f"field {name!r} must lie in [{low}, {high}], got [{column.min()}, {column.max()}]"
+        )
+    return column.astype(np.int64)
+
+
+def write_npy(events: np.ndarray) -> bytes:
+    """Encode events [N] EVENT_DTYPE as ``.npy`` bytes (format 1.0, no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(events, dtype=EVENT_DTYPE), allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,137 @@
+"""The reference LIF loop compiled by ``torch.compile`` (inductor): the ``inductor`` backend.
+
+Inductor fuses the T steps into one loop over the elements (C++/OpenMP on the CPU, a generated
+Triton kernel on a GPU), so the eager loop's many passes over [B, F] become one.
+
+The values that shape the graph (threshold, reset, flags, a fixed 1/tau) are baked into the
+compiled function as constants, one compiled function per combination. Each combination gets a
+code object of its own: dynamo keeps its compiled variants per code object and, past a small
+limit (``torch._dynamo.config.recompile_limit``), silently runs the rest eagerly; one shared loop
+function guarded on its closure would reach that limit in a network with a few neuron configs.
+Shapes are dynamic from the first call (T stays static: the loop unrolls over it), so batch sizes
+and layer widths share one compilation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from models.kernels.lif.reference import LIFResult
+from models.kernels.lif.reference import multistep_lif as reference_multistep_lif
+
+LoopFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], tuple]
+
+_COMPILED: dict[StaticParams, LoopFn] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class StaticParams:
+    """Everything that changes the compiled graph; ``inv_tau`` is None when it is a tensor (PLIF)."""
+
+    inv_tau: float | None
+    v_threshold: float
+    v_reset: float | None
+    decay_input: bool
+    detach_reset: bool
+    surrogate_alpha: float
+    analog_output: bool
+    return_v: bool
+    count_spikes: bool
+    has_v_init: bool
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why inductor cannot compile for ``device`` here, or None when it can."""
+    if device.type == "cpu":
+        if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            return "inductor needs a C++ compiler (g++ or clang++) for CPU code"
+        return None
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "inductor needs triton for GPU code"
+        return None
+    return f"inductor is not set up for {device.type} tensors here"
+
+
+def _loop_template(params: StaticParams) -> LoopFn:
+    def loop(
+        x: torch.Tensor, inv_tau: torch.Tensor | None, v_init: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        result = reference_multistep_lif(
+            x,
+            inv_tau=params.inv_tau if inv_tau is None else inv_tau,
+            v_threshold=params.v_threshold,
+            v_reset=params.v_reset,
+            decay_input=params.decay_input,
+            detach_reset=params.detach_reset,
+            surrogate_alpha=params.surrogate_alpha,
+            analog_output=params.analog_output,
+            v_init=v_init,
+            return_v=params.return_v,
+            count_spikes=params.count_spikes,
+        )
+        return result.out, result.v, result.spike_count
+
+    return loop
+
+
+def compiled_loop(params: StaticParams) -> LoopFn:
+    """The compiled loop for ``params``, built once per process."""
+    fn = _COMPILED.get(params)
+    if fn is not None:
+        return fn
+    with _LOCK:
+        fn = _COMPILED.get(params)
+        if fn is None:
+            template = _loop_template(params)
+            # A fresh code object per combination: see the module docstring.
+            code = template.__code__.replace(co_name=f"lif_loop_{len(_COMPILED)}")
+            own = types.FunctionType(code, template.__globals__, code.co_name, None, template.__closure__)
+            fn = _COMPILED[params] = torch.compile(own, dynamic=True, fullgraph=True)
+    return fn
+
+
+def multistep_lif_inductor(
+    x: torch.Tensor,
+    *,
+    inv_tau: float | torch.Tensor,
+    v_threshold: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = True,
+    surrogate_alpha: float = 4.0,
+    analog_output: bool = False,
+    v_init: torch.Tensor | None = None,
+    return_v: bool = False,
+    count_spikes: bool = False,
+) -> LIFResult:
+    """``reference.multistep_lif`` compiled. x: [T, B, F] -> LIFResult (same fields, same dtypes)."""
+    tensor_tau = isinstance(inv_tau, torch.Tensor)
+    params = StaticParams(
+        inv_tau=None if tensor_tau else float(inv_tau),
+        v_threshold=float(v_threshold),
+        v_reset=None if v_reset is None else float(v_reset),
+        decay_input=bool(decay_input),
+        detach_reset=bool(detach_reset),
+        surrogate_alpha=float(surrogate_alpha),
+        analog_output=bool(analog_output),
+        return_v=bool(return_v),
+        count_spikes=bool(count_spikes),
+        has_v_init=v_init is not None,
+    )
+    out, v, count = compiled_loop(params)(x, inv_tau if tensor_tau else None, v_init)
+    return LIFResult(out=out, v=v, spike_count=count)
+
+
+def compiled_count() -> int:
+    """How many compiled loops this process holds (one per distinct static combination)."""
+    return len(_COMPILED)

@@ -1,0 +1,211 @@
+"""Checking and tidying a registry folder: ``verify`` (recompute every digest) and ``gc``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from registry.errors import IntegrityError
+from registry.manifest import Manifest, check_alias, check_model_name
+from registry.store import TMP_PREFIX, Layout, hash_file, model_names, read_json, temp_files, version_numbers
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_TEMP_PID = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)-")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of ``verify``. kind: invalid_manifest, missing_blob, tampered, dangling_alias,
+    invalid_aliases, stray_entry."""
+
+    kind: str
+    subject: str  # the ref ("name:3"), alias ("name@prod") or path concerned
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found. ``ok`` when there are no problems; notes are harmless leftovers."""
+
+    checked_versions: int
+    checked_blobs: int
+    problems: tuple[Problem, ...]
+    unreferenced_blobs: tuple[str, ...] = ()
+    temp_files: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed_blobs: tuple[str, ...]
+    freed_bytes: int
+    removed_temp_files: tuple[str, ...] = field(default=())
+
+
+def read_manifest(layout: Layout, name: str, version: int) -> Manifest:
+    """The manifest of ``name:version``; IntegrityError when the file does not validate."""
+    path = layout.manifest(name, version)
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # JSON or schema errors
+        summary = " ".join(str(exc).split())[:300]
+        raise IntegrityError(f"manifest {path} is not valid: {summary}") from None
+    if manifest.name != name or manifest.version != version:
+        raise IntegrityError(f"manifest {path} says {manifest.ref}; its place says {name}:{version}")
+    return manifest
+
+
+def verify(layout: Layout) -> VerifyReport:
+    """Read every manifest and alias, recompute every referenced blob's sha256 and size."""
+    problems: list[Problem] = []
+    users: dict[str, list[Manifest]] = {}
+    checked = 0
+    if layout.models_dir.is_dir():
+        for entry in sorted(layout.models_dir.iterdir()):
+            if entry.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                check_model_name(entry.name)
+            except ValueError:
+                problems.append(Problem("stray_entry", str(entry), f"{entry} is not a valid model folder"))
+                continue
+            name = entry.name
+            versions = version_numbers(layout, name)
+            for version in versions:
+                checked += 1
+                try:
+                    manifest = read_manifest(layout, name, version)
+                except (IntegrityError, OSError) as exc:
+                    problems.append(Problem("invalid_manifest", f"{name}:{version}", str(exc)))
+                    continue
+                users.setdefault(manifest.weights.sha256, []).append(manifest)
+            problems.extend(_alias_problems(layout, name, set(versions)))
+    for digest, manifests in sorted(users.items()):
+        problems.extend(_blob_problems(layout, digest, manifests))
+    unreferenced, stray = _unreferenced_blobs(layout, set(users))
+    problems.extend(
+        Problem("stray_entry", p, f"{p} is not a blob (name is not a sha256 digest)") for p in stray
+    )
+    return VerifyReport(
+        checked_versions=checked,
+        checked_blobs=len(users),
+        problems=tuple(problems),
+        unreferenced_blobs=tuple(unreferenced),
+        temp_files=tuple(str(p) for p in temp_files(layout)),
+    )
+
+
+def _blob_problems(layout: Layout, digest: str, manifests: list[Manifest]) -> list[Problem]:
+    blob = layout.blob(digest)
+    refs = ", ".join(m.ref for m in manifests)
+    if not blob.is_file():
+        return [Problem("missing_blob", m.ref, f"{m.ref}: weights blob {blob} is missing") for m in manifests]
+    actual, size = hash_file(blob)
+    if actual == digest and all(m.weights.size == size for m in manifests):
+        return []
+    return [
+        Problem(
+            "tampered",
+            m.ref,
+            f"{m.ref}: weights {blob} were altered (sha256 {actual[:12]}..., {size} bytes; manifest "
+            f"says {digest[:12]}..., {m.weights.size} bytes); also used by: {refs}",
+        )
+        for m in manifests
+    ]
+
+
+def _alias_problems(layout: Layout, name: str, versions: set[int]) -> list[Problem]:
+    path = layout.aliases_file(name)
+    if not path.exists():
+        return []
+    try:
+        aliases = read_json(path)
+        if not isinstance(aliases, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        return [Problem("invalid_aliases", str(path), f"{path} is not valid: {exc}")]
+    problems = []
+    for alias, version in sorted(aliases.items()):
+        try:
+            check_alias(alias)
+        except ValueError as exc:
+            problems.append(Problem("invalid_aliases", f"{name}@{alias}", str(exc)))
+            continue
+        if version not in versions:
+            problems.append(
+                Problem(
+                    "dangling_alias", f"{name}@{alias}", f"{name}@{alias} points at missing version {version}"
+                )
+            )
+    return problems
+
+
+def _unreferenced_blobs(layout: Layout, referenced: set[str]) -> tuple[list[str], list[str]]:
+    if not layout.blobs_dir.is_dir():
+        return [], []
+    unreferenced, stray = [], []
+    for entry in sorted(layout.blobs_dir.iterdir()):
+        if entry.name.startswith(TMP_PREFIX):
+            continue
+        if not _DIGEST.fullmatch(entry.name) or not entry.is_file():
+            stray.append(str(entry))
+        elif entry.name not in referenced:
+            unreferenced.append(entry.name)
+    return unreferenced, stray
+
+
+def referenced_digests(layout: Layout) -> set[str]:
+    """Digests named by any manifest. IntegrityError on an unreadable manifest: gc must not
+    guess which blob it needed."""
+    digests = set()
+    for name in model_names(layout):
+        for version in version_numbers(layout, name):
+            digests.add(read_manifest(layout, name, version).weights.sha256)
+    return digests
+
+
+def _writer_gone(path: Path) -> bool:
+    match = _TEMP_PID.match(path.name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def gc(layout: Layout, tmp_max_age_s: float = 3600.0) -> GcReport:
+    """Remove blobs no manifest names, and temp files of writers that died. Hold the writer lock.
+
+    A temp file goes when its writer's process is gone or it is older than ``tmp_max_age_s``
+    (blobs are staged outside the lock, so a young temp file may belong to a live registration).
+    """
+    referenced = referenced_digests(layout)
+    removed, freed = [], 0
+    unreferenced, _ = _unreferenced_blobs(layout, referenced)
+    for digest in unreferenced:
+        blob = layout.blob(digest)
+        size = blob.stat().st_size
+        blob.unlink()
+        removed.append(digest)
+        freed += size
+    now = time.time()
+    removed_temp = []
+    for temp in temp_files(layout):
+        with contextlib.suppress(FileNotFoundError):
+            if _writer_gone(temp) or now - temp.stat().st_mtime >= tmp_max_age_s:
+                temp.unlink()
+                removed_temp.append(str(temp))
+    return GcReport(tuple(removed), freed, tuple(removed_temp))

@@ -1,0 +1,15 @@
+"""HTTP routes, thin: parse, call, shape the answer. Errors become answers in service/errors.py."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.routes import health, inference, management, v2
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    inference.router,
+    management.router,
+    v2.router,
+    v2.infer_router,
+)

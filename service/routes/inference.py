@@ -1,0 +1,83 @@
+"""v1 inference: one image or one event recording in, predictions and spiking telemetry out."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+
+from service import inference
+from service.auth import require_api_key
+from service.decoding import decode_events, decode_image, fit_to_sensor
+from service.schemas import ClassifyAnswer, ErrorAnswer, TelemetryQuery
+from service.state import get_state
+from service.uploads import read_upload
+
+router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorAnswer} for status in (400, 401, 404, 413, 415, 422, 503, 504)
+}
+_ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": ClassifyAnswer}, **_ERRORS}
+
+TimeStepsQuery = Query(None, ge=1, le=256, description="time steps T (default: the model's)")
+TopKQuery = Query(5, ge=1, le=1000, description="how many classes to return, most probable first")
+TelemetryLevelQuery = Query("summary", description="none | summary | layers (per-layer spike rates)")
+
+
+@router.post("/v1/models/{ref}/classify", responses=_ANSWERS, name="classify")
+async def classify(
+    request: Request,
+    ref: str,
+    time_steps: int | None = TimeStepsQuery,
+    top_k: int = TopKQuery,
+    telemetry: TelemetryQuery = TelemetryLevelQuery,
+) -> dict[str, Any]:
+    """Classify one image: the raw body (image/png, image/jpeg, application/x-npy) or multipart ``file``."""
+    started = time.perf_counter()
+    state = get_state(request)
+    manifest = state.resolver.resolve(ref)
+    inference.check_kind(manifest, "image", f"POST /v1/models/{ref}/events")
+    options = inference.check_options(manifest, time_steps, top_k, telemetry)
+    data, content_type = await read_upload(request)
+    decode = partial(decode_image, data, content_type, manifest.input, state.settings.max_image_pixels)
+    decoded = await anyio.to_thread.run_sync(decode)
+    rid = inference.request_id(request)
+    result = await inference.run(state, request, manifest, "image", decoded.array, options, rid)
+    return inference.answer(result, list(decoded.warnings), started)
+
+
+@router.post("/v1/models/{ref}/events", responses=_ANSWERS, name="events")
+async def classify_events(
+    request: Request,
+    ref: str,
+    time_steps: int | None = TimeStepsQuery,
+    top_k: int = TopKQuery,
+    telemetry: TelemetryQuery = TelemetryLevelQuery,
+    format: str | None = Query(  # noqa: A002  (the public query name)
+        None, description="aedat4 | nmnist | npy | aedat3 | aedat2 (default: content type, then magic bytes)"
+    ),
+    fit: Literal["crop", "scale"] | None = Query(
+        None, description="crop or scale a larger sensor to the model's (default: refuse with 422)"
+    ),
+) -> dict[str, Any]:
+    """Classify one event recording (AEDAT4, N-MNIST .bin, structured .npy): raw body or multipart ``file``."""
+    started = time.perf_counter()
+    state = get_state(request)
+    manifest = state.resolver.resolve(ref)
+    inference.check_kind(manifest, "events", f"POST /v1/models/{ref}/classify")
+    options = inference.check_options(manifest, time_steps, top_k, telemetry)
+    data, content_type = await read_upload(request)
+
+    def decode() -> tuple[Any, list[str]]:
+        decoded = decode_events(data, content_type, format, state.settings.max_events)
+        events, fit_warnings = fit_to_sensor(decoded, manifest.input, fit)
+        return events, [*decoded.warnings, *fit_warnings]
+
+    events, warnings = await anyio.to_thread.run_sync(decode)
+    rid = inference.request_id(request)
+    result = await inference.run(state, request, manifest, "events", events, options, rid)
+    return inference.answer(result, warnings, started)

@@ -1,0 +1,167 @@
+"""v1 management, behind the admin bearer token: list, show, upload, alias, delete.
+
+Registry writes take a file lock and fsync, so they run off the event loop. A running server
+sees every change on its next request (the resolver follows the registry's generation counter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from registry.errors import describe_validation_error
+from service.auth import require_admin
+from service.errors import BadRequestError
+from service.schemas import AliasBody, UploadManifest
+from service.state import ServiceState, get_state
+from workers.errors import InvalidInputError
+
+router = APIRouter(tags=["management"], dependencies=[Depends(require_admin)])
+
+
+def _plain(value: Any) -> Any:
+    """A registry object (pydantic model or dataclass) as JSON-ready data."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json.loads(json.dumps(dataclasses.asdict(value), default=str))
+    return value
+
+
+def _loaded_versions(state: ServiceState, name: str) -> list[int]:
+    loaded = getattr(state.pool, "loaded_models", None)
+    return sorted(v for n, v in loaded() if n == name) if callable(loaded) else []
+
+
+@router.get("/v1/models", name="list_models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Every model in the registry, with its versions and aliases."""
+    state = get_state(request)
+    summaries = await anyio.to_thread.run_sync(state.registry.list)
+    return {"models": [_plain(summary) for summary in summaries]}
+
+
+@router.get("/v1/models/{name}", name="show_model")
+async def show_model(request: Request, name: str) -> dict[str, Any]:
+    """One model: every version's manifest, its aliases, and the versions loaded in this process."""
+    state = get_state(request)
+
+    def read() -> tuple[list[Any], dict[str, int]]:
+        return state.registry.versions(name), state.registry.aliases(name)
+
+    versions, aliases = await anyio.to_thread.run_sync(read)
+    return {
+        "name": name,
+        "aliases": aliases,
+        "versions": [_plain(manifest) for manifest in versions],
+        "loaded_versions": _loaded_versions(state, name),
+    }
+
+
+@router.post("/v1/models", status_code=201, name="upload_model")
+async def upload_model(request: Request) -> JSONResponse:
+    """Register a new version: multipart ``weights`` (.safetensors) and ``manifest`` (JSON text or file)."""
+    state = get_state(request)
+    form = await request.form()
+    try:
+        weights = form.get("weights")
+        if not isinstance(weights, UploadFile):
+            raise BadRequestError("upload the weights as a multipart file field named 'weights' (.safetensors)")
+        raw_manifest = form.get("manifest")
+        if raw_manifest is None:
+            raise BadRequestError("upload the manifest as a multipart field named 'manifest' (JSON)")
+        text = await raw_manifest.read() if isinstance(raw_manifest, UploadFile) else raw_manifest
+        try:
+            fields = UploadManifest.model_validate_json(text)
+        except ValidationError as exc:
+            raise InvalidInputError(f"manifest: {describe_validation_error(exc)}") from None
+        with tempfile.TemporaryDirectory(prefix="spikeserve-upload-") as folder:
+            path = Path(folder) / "weights.safetensors"
+            path.write_bytes(await weights.read())
+            manifest = await anyio.to_thread.run_sync(lambda: _register(state, fields, path))
+    finally:
+        await form.close()
+    await _check_loads(state, manifest)
+    return JSONResponse(_plain(manifest), status_code=201)
+
+
+def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Any:
+    return state.registry.register(
+        fields.name,
+        architecture=fields.architecture,
+        config=fields.config,
+        neuron=fields.neuron,
+        time_steps=fields.time_steps,
+        input=fields.input,
+        labels=fields.labels,
+        weights=weights,
+        metrics=fields.metrics,
+        description=fields.description,
+        tags=fields.tags,
+        aliases=tuple(fields.aliases),
+    )
+
+
+async def _check_loads(state: ServiceState, manifest: Any) -> None:
+    """In-process workers load a new version at once: weights that do not fit are refused now, with the
+    reason, instead of failing every later request. Distributed gateways hold no network to try."""
+    load = getattr(state.pool, "load_model", None)
+    if not callable(load):
+        return
+    try:
+        await load(manifest.name, manifest.version)
+    except Exception as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        await anyio.to_thread.run_sync(lambda: state.registry.delete_version(manifest.name, manifest.version, True))
+        raise InvalidInputError(
+            f"{manifest.name}:{manifest.version} does not load ({reason}); the version was removed"
+        ) from None
+
+
+@router.put("/v1/models/{name}/aliases/{alias}", name="set_alias")
+async def set_alias(request: Request, name: str, alias: str, body: AliasBody) -> dict[str, Any]:
+    """Point ``alias`` at ``body.version``; requests for ``name@alias`` follow on their next call."""
+    state = get_state(request)
+
+    def move() -> dict[str, int]:
+        state.registry.set_alias(name, alias, body.version)
+        return state.registry.aliases(name)
+
+    aliases = await anyio.to_thread.run_sync(move)
+    return {"name": name, "alias": alias, "version": body.version, "aliases": aliases}
+
+
+@router.delete("/v1/models/{name}/aliases/{alias}", name="remove_alias")
+async def remove_alias(request: Request, name: str, alias: str) -> dict[str, Any]:
+    state = get_state(request)
+
+    def remove() -> dict[str, int]:
+        state.registry.remove_alias(name, alias)
+        return state.registry.aliases(name)
+
+    return {"name": name, "aliases": await anyio.to_thread.run_sync(remove)}
+
+
+@router.delete("/v1/models/{name}/versions/{version}", name="delete_version")
+async def delete_version(
+    request: Request,
+    name: str,
+    version: int,
+    force: bool = Query(False, description="delete even while an alias points at it"),
+) -> dict[str, Any]:
+    """Delete one version (409 while an alias points at it, unless ``force``)."""
+    state = get_state(request)
+    await anyio.to_thread.run_sync(lambda: state.registry.delete_version(name, version, force))
+    unload = getattr(state.pool, "unload_model", None)
+    if callable(unload):
+        unload(name, version)
+    return {"deleted": {"name": name, "version": version}}

@@ -1,0 +1,228 @@
+"""The Open Inference Protocol (KServe v2) over REST, so KServe and Triton clients work unchanged.
+
+- ``GET /v2``: server metadata ``{"name", "version", "extensions"}``.
+- ``GET /v2/health/live``, ``GET /v2/health/ready``: 200 when true, 400 when not (the protocol's 4xx).
+- ``GET /v2/models/{name}[/versions/{v}]``: model metadata; ``.../ready``: 200 when it can infer.
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: one FP32 input named ``input``, an image scaled to
+  [0, 1] (before the model's normalisation), shape [C, H, W] or [B, C, H, W]; the answer's output
+  ``probabilities`` is FP32 [B, classes]. Request ``parameters`` may set ``time_steps`` and
+  ``telemetry`` (none | summary | layers); telemetry comes back in the answer's ``parameters``.
+
+Model versions are strings in this protocol; ``{name}`` alone resolves like ``/v1`` (the
+``production`` alias, else the latest version). Errors are ``{"error": "<message>", "code"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib.metadata import PackageNotFoundError, version as package_version
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from service import inference
+from service.auth import require_api_key
+from service.errors import BadRequestError
+from service.schemas import V2InferRequest
+from service.state import ServiceState, get_state
+from workers.errors import InvalidInputError, ModelNotFoundError
+
+router = APIRouter(tags=["open inference protocol (v2)"])
+infer_router = APIRouter(tags=["open inference protocol (v2)"], dependencies=[Depends(require_api_key)])
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "probabilities"
+PLATFORM = "pytorch"
+
+try:
+    SERVER_VERSION = package_version("spikeserve")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    SERVER_VERSION = "0+unknown"
+
+
+def _resolve(state: ServiceState, name: str, version: str | None) -> Any:
+    if version is None:
+        return state.resolver.resolve(name)
+    if not version.isdigit():
+        raise ModelNotFoundError(f"model {name!r} has no version {version!r}: versions are positive integers")
+    return state.resolver.resolve(f"{name}:{int(version)}")
+
+
+@router.get("/v2", name="v2_server_metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "spikeserve", "version": SERVER_VERSION, "extensions": []}
+
+
+@router.get("/v2/health/live", name="v2_live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", name="v2_ready")
+async def ready(request: Request) -> Response:
+    is_ready = get_state(request).is_ready()
+    return _bool_answer("ready", is_ready)
+
+
+def _bool_answer(key: str, value: bool) -> Response:
+    """The protocol reads health from the status: 200 true, 4xx false; the body says it too."""
+    return JSONResponse({key: value}, status_code=200 if value else 400)
+
+
+def _metadata(state: ServiceState, manifest: Any) -> dict[str, Any]:
+    spec = manifest.input
+    versions = [str(m.version) for m in state.registry.versions(manifest.name)]
+    if spec.kind == "image":
+        inputs = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, spec.channels, spec.height, spec.width]}]
+    else:  # event recordings go to /v1/models/{name}/events; the tensor protocol has no event layout
+        inputs = []
+    return {
+        "name": manifest.name,
+        "versions": versions,
+        "platform": PLATFORM,
+        "inputs": inputs,
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, len(manifest.labels)]}],
+        "parameters": {
+            "version": str(manifest.version),
+            "input_kind": spec.kind,
+            "time_steps": manifest.time_steps.model_dump(),
+            "labels": list(manifest.labels),
+        },
+    }
+
+
+@router.get("/v2/models/{name}", name="v2_model_metadata")
+async def model_metadata(request: Request, name: str) -> dict[str, Any]:
+    state = get_state(request)
+    return _metadata(state, _resolve(state, name, None))
+
+
+@router.get("/v2/models/{name}/versions/{version}", name="v2_model_version_metadata")
+async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
+    state = get_state(request)
+    return _metadata(state, _resolve(state, name, version))
+
+
+@router.get("/v2/models/{name}/ready", name="v2_model_ready")
+async def model_ready(request: Request, name: str) -> Response:
+    state = get_state(request)
+    _resolve(state, name, None)  # 404 for an unknown model
+    return _bool_answer("ready", state.is_ready())
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", name="v2_model_version_ready")
+async def model_version_ready(request: Request, name: str, version: str) -> Response:
+    state = get_state(request)
+    _resolve(state, name, version)
+    return _bool_answer("ready", state.is_ready())
+
+
+@infer_router.post("/v2/models/{name}/infer", name="v2_infer")
+async def infer(request: Request, name: str) -> dict[str, Any]:
+    return await _infer(request, name, None)
+
+
+@infer_router.post("/v2/models/{name}/versions/{version}/infer", name="v2_version_infer")
+async def infer_version(request: Request, name: str, version: str) -> dict[str, Any]:
+    return await _infer(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
+    state = get_state(request)
+    manifest = _resolve(state, name, version)
+    inference.check_kind(manifest, "image", f"POST /v1/models/{manifest.name}/events")
+    body = await request.body()
+    try:
+        payload = await anyio.to_thread.run_sync(V2InferRequest.model_validate_json, body)
+    except ValidationError as exc:
+        raise BadRequestError(f"not a valid inference request: {_first_error(exc)}") from None
+    parameters = payload.parameters or {}
+    options = inference.check_options(
+        manifest, _int_parameter(parameters, "time_steps"), len(manifest.labels) or 1, _telemetry(parameters)
+    )
+    images = await anyio.to_thread.run_sync(_images, payload, manifest)
+    rid = payload.id or inference.request_id(request)
+    # each image is its own request; the batcher puts them back together
+    results = await asyncio.gather(
+        *(
+            inference.run(state, request, manifest, "image", image, options, f"{rid}/{i}" if len(images) > 1 else rid)
+            for i, image in enumerate(images)
+        )
+    )
+    answer: dict[str, Any] = {
+        "model_name": manifest.name,
+        "model_version": str(manifest.version),
+        "id": rid,
+        "outputs": [
+            {
+                "name": OUTPUT_NAME,
+                "shape": [len(results), len(results[0].probabilities)],
+                "datatype": "FP32",
+                "data": [p for result in results for p in result.probabilities],
+            }
+        ],
+    }
+    out_parameters: dict[str, Any] = {"time_steps": options.time_steps}
+    if options.telemetry != "none":
+        out_parameters["telemetry"] = [result.telemetry for result in results]
+    answer["parameters"] = out_parameters
+    return answer
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error.get("loc", ()))
+    return f"{where}: {error.get('msg')}" if where else str(error.get("msg"))
+
+
+def _int_parameter(parameters: dict[str, Any], key: str) -> int | None:
+    value = parameters.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"parameter {key} must be an integer, got {value!r}")
+    return value
+
+
+def _telemetry(parameters: dict[str, Any]) -> str:
+    level = parameters.get("telemetry", "none")
+    if level not in ("none", "summary", "layers"):
+        raise InvalidInputError(f"parameter telemetry must be none, summary or layers, got {level!r}")
+    return str(level)
+
+
+def _images(payload: V2InferRequest, manifest: Any) -> list[np.ndarray]:
+    """The request's ``input`` tensor as B images [C, H, W] float32, checked against the model."""
+    tensors = {tensor.name: tensor for tensor in payload.inputs}
+    if INPUT_NAME not in tensors:
+        given = ", ".join(sorted(tensors)) or "none"
+        raise InvalidInputError(f"{manifest.name} takes one input named '{INPUT_NAME}' (got: {given})")
+    tensor = tensors[INPUT_NAME]
+    if tensor.datatype != "FP32":
+        raise InvalidInputError(f"input '{INPUT_NAME}' must be FP32, got {tensor.datatype}")
+    spec = manifest.input
+    expected = (spec.channels, spec.height, spec.width)
+    shape = tuple(tensor.shape)
+    if shape == expected:
+        shape = (1, *expected)
+    if len(shape) != 4 or shape[1:] != expected or shape[0] < 1:
+        raise InvalidInputError(
+            f"input '{INPUT_NAME}' has shape {list(tensor.shape)}; {manifest.name} takes "
+            f"[{', '.join(map(str, expected))}] or [B, {', '.join(map(str, expected))}] (C, H, W), values in [0, 1]"
+        )
+    try:
+        flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"input '{INPUT_NAME}' data is not a list of numbers: {exc}") from None
+    if flat.size != int(np.prod(shape)):
+        raise InvalidInputError(
+            f"input '{INPUT_NAME}' holds {flat.size} values but its shape {list(tensor.shape)} needs {int(np.prod(shape))}"
+        )
+    if not np.isfinite(flat).all():
+        raise InvalidInputError(f"input '{INPUT_NAME}' holds NaN or infinite values")
+    batch = flat.reshape(shape)
+    return [np.ascontiguousarray(image) for image in batch]

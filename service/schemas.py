@@ -1,0 +1,115 @@
+"""Pydantic shapes at the HTTP edge: the v1 answer (for the OpenAPI docs), management bodies, and
+the Open Inference Protocol (KServe v2) inference request, which is validated on the way in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TelemetryQuery = Literal["none", "summary", "layers"]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorAnswer(BaseModel):
+    error: ErrorBody
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class PredictionOut(BaseModel):
+    label: str
+    index: int
+    probability: float
+
+
+class LayerOut(BaseModel):
+    name: str
+    neurons: int
+    spikes: int
+    spike_rate: float
+
+
+class TelemetryOut(BaseModel):
+    spike_rate: float
+    spikes: int
+    synaptic_ops: float
+    macs: float
+    energy_uj: float
+    layers: list[LayerOut] | None = None
+
+
+class TimingOut(BaseModel):
+    queue: float
+    compute: float
+    total: float
+
+
+class ClassifyAnswer(BaseModel):
+    """The answer of ``/v1/models/{ref}/classify`` and ``/v1/models/{ref}/events``."""
+
+    request_id: str
+    model: ModelRef
+    time_steps: int
+    predictions: list[PredictionOut]
+    telemetry: TelemetryOut | None
+    timing_ms: TimingOut
+    batch_size: int
+    warnings: list[str]
+
+
+class AliasBody(BaseModel):
+    """``PUT /v1/models/{name}/aliases/{alias}``: the version the alias should point at."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+
+
+class UploadManifest(BaseModel):
+    """The ``manifest`` part of ``POST /v1/models``: everything but the weights and the version."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    architecture: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    neuron: dict[str, Any] | None = None
+    time_steps: dict[str, Any]
+    input: dict[str, Any]
+    labels: list[str]
+    metrics: list[dict[str, Any]] = Field(default_factory=list)
+    description: str = ""
+    tags: dict[str, str] | None = None
+    aliases: list[str] = Field(default_factory=list)
+
+
+# -- Open Inference Protocol (KServe v2), REST ------------------------------------------------
+
+
+class V2Tensor(BaseModel):
+    """``$request_input``: data row-major, flat or nested."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class V2RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor]
+    outputs: list[V2RequestOutput] | None = None

@@ -1,0 +1,34 @@
+"""What the routes share: settings, the worker pool, the registry, credentials, the ref resolver.
+
+One ``ServiceState`` per app, on ``app.state.spikeserve``; routes reach it through ``get_state``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from service.auth import Credentials
+from service.resolve import RefResolver
+from service.settings import Settings
+from workers.pool import WorkerPool
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    pool: WorkerPool
+    registry: Any  # registry.Registry
+    credentials: Credentials
+    resolver: RefResolver
+    startup_error: str | None = None  # why the pool failed to start, for /readyz
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def is_ready(self) -> bool:
+        return self.startup_error is None and self.pool.is_ready()
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.spikeserve

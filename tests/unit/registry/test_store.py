@@ -1,0 +1,117 @@
+"""Tests of registry/store.py: atomic writes, the blob store, version numbers, the lock, generation."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+from filelock import FileLock
+
+from registry.errors import LockTimeoutError
+from registry.store import (
+    Layout,
+    atomic_write_bytes,
+    atomic_write_json,
+    bump_generation,
+    commit_blob,
+    discard,
+    hash_file,
+    next_version,
+    read_generation,
+    read_json,
+    stage_blob,
+    temp_files,
+    version_numbers,
+    writer_lock,
+)
+
+
+@pytest.fixture
+def layout(tmp_path):
+    layout = Layout(tmp_path / "zoo")
+    layout.create()
+    return layout
+
+
+def test_atomic_write_replaces_whole_files(layout):
+    target = layout.root / "x.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert read_json(target) == {"a": 2}
+    assert temp_files(layout) == []
+
+
+def test_atomic_write_that_fails_keeps_the_old_file_and_no_temp(layout, monkeypatch):
+    target = layout.root / "x.json"
+    atomic_write_bytes(target, b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert temp_files(layout) == []
+
+
+def test_stage_and_commit_blob(layout):
+    data = os.urandom(3 * 1024 * 1024 + 5)  # more than one chunk
+    staged = stage_blob(layout, io.BytesIO(data))
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert staged.size == len(data)
+    assert staged.temp_path.parent == layout.blobs_dir
+    path = commit_blob(layout, staged)
+    assert path == layout.blob(staged.sha256)
+    assert path.read_bytes() == data
+    assert not os.access(path, os.W_OK) or os.geteuid() == 0  # stored read-only (root ignores modes)
+    assert hash_file(path) == (staged.sha256, len(data))
+    assert temp_files(layout) == []
+
+
+def test_stage_blob_limit_and_discard(layout):
+    with pytest.raises(ValueError, match="limit"):
+        stage_blob(layout, io.BytesIO(b"x" * 100), max_bytes=10)
+    assert temp_files(layout) == []
+    staged = stage_blob(layout, b"abc")
+    discard(staged)
+    assert temp_files(layout) == []
+
+
+def test_blob_path_needs_a_digest(layout):
+    with pytest.raises(ValueError, match="sha256"):
+        layout.blob("../../etc/passwd")
+
+
+def test_versions_ignore_temp_and_stray_files_and_are_never_reused(layout):
+    folder = layout.versions_dir("m")
+    folder.mkdir(parents=True)
+    for name in ("1.json", "3.json", ".tmp-123-abc.json", "notes.txt", "0.json", "02.json"):
+        (folder / name).write_text("{}")
+    assert version_numbers(layout, "m") == [1, 3]
+    assert next_version(layout, "m") == 4
+    layout.last_version_file("m").write_text("9\n")
+    assert next_version(layout, "m") == 10
+    assert next_version(layout, "other") == 1
+
+
+def test_generation_counter(layout):
+    assert read_generation(layout) == 0
+    assert bump_generation(layout) == 1
+    assert bump_generation(layout) == 2
+    assert read_generation(layout) == 2
+
+
+def test_writer_lock_times_out_while_another_holder_has_it(layout):
+    other = FileLock(str(layout.lock_file))
+    with (
+        other,
+        pytest.raises(LockTimeoutError, match="locked by another writer"),
+        writer_lock(layout, timeout_s=0.05),
+    ):
+        pass
+    with writer_lock(layout, timeout_s=0.05):
+        pass

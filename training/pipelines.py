@@ -1,0 +1,104 @@
+"""Batches for training and evaluation: arrays in memory -> network input [T, B, C, H, W].
+
+Two pipelines, one per kind of input a manifest can declare:
+- ``ImagePipeline``: uint8 images, shifted at random (training), scaled to [0, 1], normalised with
+  the manifest's mean/std and direct-encoded (the same steps the worker runs on a request);
+- ``FramePipeline``: event frames already binned by ``models.encoding.events_to_frames`` (the
+  worker's function, so training and serving see the same counts), shifted at random (training).
+
+The random shift (zero fill) is the light augmentation that helps on a few thousand digits: the
+strokes move by up to ``max_shift`` pixels, as hand-centred digits and a moving camera do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from models.encoding import direct_encode
+
+
+def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each sample of batch [B, ..., H, W] by its own (dy, dx) in [-max_shift, max_shift], zero fill."""
+    if max_shift <= 0:
+        return batch
+    height, width = batch.shape[-2:]
+    pad = [max_shift] * 4
+    padded = torch.nn.functional.pad(batch, pad)
+    offsets = torch.randint(0, 2 * max_shift + 1, (batch.shape[0], 2), generator=generator).tolist()
+    return torch.stack(
+        [padded[i, ..., oy : oy + height, ox : ox + width] for i, (oy, ox) in enumerate(offsets)]
+    )
+
+
+class Pipeline:
+    """Labelled samples in memory and the way to turn a set of them into network input."""
+
+    labels: torch.Tensor  # [N] int64
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``index`` [B] -> (x [T, B, C, H, W] float32, y [B] int64); augmented iff a generator is given."""
+        raise NotImplementedError
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Every sample once, in batches; shuffled (and augmented) with ``generator`` when ``shuffle``."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start : start + batch_size], generator if shuffle else None)
+
+
+class ImagePipeline(Pipeline):
+    """images: [N, H, W] or [N, C, H, W] uint8 (0..255); labels: [N] int."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        time_steps: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        max_shift: int = 0,
+    ) -> None:
+        pixels = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = pixels[:, None] if pixels.dim() == 3 else pixels  # [N, C, H, W] uint8
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.time_steps = time_steps
+        channels = self.images.shape[1]
+        self.mean = torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, channels, 1, 1)
+        self.max_shift = max_shift
+
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.images[index].float() / 255.0  # [B, C, H, W] in [0, 1]
+        if generator is not None:
+            raw = random_shift(raw, self.max_shift, generator)  # shift before normalising: 0 is black
+        return direct_encode((raw - self.mean) / self.std, self.time_steps), self.labels[index]
+
+
+class FramePipeline(Pipeline):
+    """frames: [N, T, 2, H, W] uint8 event counts per bin and polarity; labels: [N] int."""
+
+    def __init__(self, frames: np.ndarray, labels: np.ndarray, *, max_shift: int = 0) -> None:
+        self.frames = torch.from_numpy(np.ascontiguousarray(frames))
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+        self.max_shift = max_shift
+
+    def batch(
+        self, index: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = self.frames[index].float()  # [B, T, 2, H, W]
+        if generator is not None:
+            frames = random_shift(frames, self.max_shift, generator)
+        return frames.transpose(0, 1).contiguous(), self.labels[index]

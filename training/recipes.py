@@ -1,0 +1,88 @@
+"""Named recipes: one per bundled checkpoint, everything needed to make it again.
+
+A recipe fixes the architecture and its config, the neuron, T, the data set and its input spec,
+the optimiser and schedule, the epochs and the seed. ``spikeserve train --recipe NAME`` runs one
+and registers the result under the recipe's name; the bundled zoo/ is made only this way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from registry.manifest import EventInput, ImageInput, TimeSteps
+from training.datasets import EMULATION_SEED, MNIST_MEAN, MNIST_STD
+from training.emulator import EmulatorConfig
+from training.trainer import TrainConfig
+
+DatasetName = Literal["mnist5k", "nmnist5k"]
+DATASETS: tuple[str, ...] = ("mnist5k", "nmnist5k")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one checkpoint is made. ``name`` is the model name it registers under."""
+
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    neuron: dict[str, Any]
+    time_steps: int
+    max_time_steps: int  # the largest T a request may ask for (the manifest's time_steps.max)
+    data: DatasetName
+    train: TrainConfig
+    max_shift: int = 2  # random-shift augmentation, pixels
+    description: str = ""
+    emulator: EmulatorConfig = field(default_factory=EmulatorConfig)  # nmnist5k only
+    emulation_seed: int = EMULATION_SEED  # nmnist5k only
+
+    def input_spec(self) -> ImageInput | EventInput:
+        """What the manifest says about inputs; the worker prepares requests by it."""
+        if self.data == "mnist5k":
+            return ImageInput(channels=1, height=28, width=28, mean=MNIST_MEAN, std=MNIST_STD)
+        size = self.emulator.sensor_size
+        return EventInput(sensor_width=size, sensor_height=size, binning="time_bins")
+
+    def time_step_spec(self) -> TimeSteps:
+        return TimeSteps(default=self.time_steps, min=1, max=self.max_time_steps)
+
+    def with_overrides(self, *, epochs: int | None = None, max_batches: int | None = None, seed: int | None = None) -> Recipe:
+        """This recipe with a different length or seed (``spikeserve train --epochs/--max-batches/--seed``)."""
+        changes: dict[str, Any] = {}
+        if epochs is not None:
+            changes["epochs"] = epochs
+        if max_batches is not None:
+            changes["max_batches"] = max_batches
+        if seed is not None:
+            changes["seed"] = seed
+        return replace(self, train=replace(self.train, **changes)) if changes else self
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def _add(recipe: Recipe) -> None:
+    RECIPES[recipe.name] = recipe
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+_add(
+    Recipe(
+        name="spikeformer-nmnist",
+        architecture="spikeformer_nmnist",
+        config={"num_classes": 10, "in_channels": 2},
+        neuron={"kind": "plif", "tau": 2.0},
+        time_steps=8,
+        max_time_steps=8,
+        data="nmnist5k",
+        train=TrainConfig(epochs=20, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, patience=6, seed=1),
+        description="Spikeformer (2 tokenizer blocks, 2 space-time attention blocks, dim 64) on emulated "
+        "N-MNIST recordings of MNIST-5k digits, 34x34x2 frames in 8 time bins",
+    )
+)

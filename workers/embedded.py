@@ -1,0 +1,142 @@
+"""The embedded worker pool: the engine and the batcher inside the gateway process.
+
+``spikeserve serve`` uses it unless ``settings.redis_url`` is set. torch is imported only in
+``start()`` (through ``workers.engine``), so importing this module keeps the gateway light.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from workers.batcher import Batcher
+from workers.errors import BackendUnavailableError
+from workers.pool import WorkerPool
+from workers.protocol import InferenceRequest, InferenceResult
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+    from workers.engine import Engine
+
+log = logging.getLogger("spikeserve.embedded")
+
+
+class EmbeddedPool(WorkerPool):
+    """Runs requests in this process: ``Batcher`` in front of one ``Engine`` on ``settings.device``.
+
+    ``registry``: a ``registry.Registry``; by default ``Registry(settings.registry)``.
+    """
+
+    def __init__(self, settings: Settings, registry: Any = None, worker_id: str = "embedded") -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self._registry = registry
+        self._engine: Engine | None = None
+        self._batcher: Batcher | None = None
+        self._ready = False
+        self._started_at = 0.0
+        self._loads: dict[tuple[str, int], asyncio.Future[None]] = {}
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from registry import Registry
+
+            self._registry = Registry(self.settings.registry)
+        return self._registry
+
+    async def start(self) -> None:
+        """Start the batcher, then load and warm up the default models (all models when none named)."""
+        from workers.engine import Engine  # torch arrives here, not at import
+
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
+        self._started_at = time.time()
+        self._engine = Engine(
+            self.registry,
+            device=self.settings.device,
+            backend=self.settings.neuron_backend,
+            worker_id=self.worker_id,
+        )
+        self._batcher = Batcher(
+            self._engine.run_batch,
+            max_batch_size_for=self.settings.batch_size_for,
+            max_delay_ms_for=self.settings.delay_ms_for,
+            max_queue_size=self.settings.max_queue_size,
+        )
+        await self._batcher.start()
+        refs = list(self.settings.default_models) or [summary.name for summary in self.registry.list()]
+        for ref in refs:
+            manifest = await asyncio.to_thread(self.registry.resolve, ref)
+            await self.load_model(manifest.name, manifest.version)
+        if not refs:
+            log.warning("the registry at %s holds no models; serving none", self.settings.registry)
+        self._ready = True
+
+    async def stop(self) -> None:
+        self._ready = False
+        if self._batcher is not None:
+            await self._batcher.stop()
+
+    async def load_model(self, name: str, version: int) -> None:
+        """Load and warm up ``name:version`` off the event loop (once, however many callers ask)."""
+        engine = self._require_engine()
+        key = (name, int(version))
+        if key in self._loads and not self._loads[key].done():
+            return await asyncio.shield(self._loads[key])
+        future: asyncio.Future[None] = asyncio.ensure_future(asyncio.to_thread(engine.ensure_loaded, *key))
+        self._loads[key] = future
+        try:
+            await asyncio.shield(future)
+        finally:
+            if future.done():
+                self._loads.pop(key, None)
+
+    def unload_model(self, name: str, version: int) -> bool:
+        """Drop a loaded version (after it was deleted from the registry)."""
+        return self._engine.unload(name, version) if self._engine is not None else False
+
+    async def submit(self, request: InferenceRequest) -> InferenceResult:
+        """Run one request. Versions other than the default ones load on their first request."""
+        engine = self._require_engine()
+        if not engine.is_loaded(request.model_name, request.model_version):
+            await self.load_model(request.model_name, request.model_version)
+        assert self._batcher is not None
+        return await self._batcher.submit(request)
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def queue_depth(self) -> int:
+        return self._batcher.depth() if self._batcher is not None else 0
+
+    def queue_depth_by_model(self) -> dict[str, int]:
+        return self._batcher.depth_by_model() if self._batcher is not None else {}
+
+    def loaded_models(self) -> list[tuple[str, int]]:
+        return self._engine.loaded() if self._engine is not None else []
+
+    def describe_workers(self) -> list[dict[str, Any]]:
+        if self._engine is None:
+            return []
+        return [
+            {
+                "id": self.worker_id,
+                "mode": "embedded",
+                "device": self.settings.device,
+                "models": [f"{name}:{version}" for name, version in self._engine.loaded()],
+                "batches": self._batcher.batches_run if self._batcher is not None else 0,
+                "queue_depth": self.queue_depth(),
+                "started_at": self._started_at,
+                "last_heartbeat": time.time(),
+            }
+        ]
+
+    def _require_engine(self) -> Engine:
+        if self._engine is None:
+            raise BackendUnavailableError("the worker is starting; retry shortly")
+        return self._engine

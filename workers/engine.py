@@ -1,0 +1,327 @@
+"""The engine: loads checkpoints from the registry and runs batches of requests through them.
+
+One ``Engine`` per worker process. ``run_batch`` is synchronous (callers run it in a thread): it
+encodes each request (images are normalised then direct-encoded to ``[T, B, C, H, W]``; event
+recordings are binned to ``[T, B, 2, H, W]``), runs one forward under ``models.telemetry.record``
+when any request asks for telemetry, and answers softmax probabilities, top-k and per-request
+telemetry. Every neuron is reset after every batch, so no request ever sees another's state.
+A request that cannot be encoded, or that makes the network fail, gets an ``error`` in its own
+result; the others in the batch are answered normally.
+
+This module imports torch; ``workers.embedded`` imports it only when the pool starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models import encoding, telemetry
+from models.base import reset_state, set_backend, set_streaming
+from registry import errors as registry_errors
+from workers import metrics
+from workers.errors import InvalidInputError, SpikeserveError
+from workers.protocol import InferenceRequest, InferenceResult, Prediction
+
+log = logging.getLogger("spikeserve.engine")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready to run. ``sample_shape`` is one sample's step input: (C, H, W)."""
+
+    manifest: Any  # registry.manifest.Manifest
+    module: nn.Module
+    sample_shape: tuple[int, int, int]
+    kind: str  # "image" | "events"
+
+
+def _sample_shape(manifest: Any) -> tuple[int, int, int]:
+    spec = manifest.input
+    if spec.kind == "image":
+        return (spec.channels, spec.height, spec.width)
+    return (spec.polarities, spec.sensor_height, spec.sensor_width)
+
+
+_FAILED = "inference_failed"
+
+
+def _error_code(exc: BaseException, fallback: str) -> str:
+    """The stable code a client sees. ``fallback``: what an unexpected exception means here."""
+    if isinstance(exc, SpikeserveError | registry_errors.RegistryError):
+        return exc.code  # the service maps both families' codes to statuses in one table
+    if fallback == InvalidInputError.code and not isinstance(exc, ValueError):
+        return _FAILED
+    return fallback
+
+
+def _failed(
+    request: InferenceRequest, exc: BaseException, worker_id: str, fallback: str = _FAILED
+) -> InferenceResult:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return InferenceResult(
+        request_id=request.request_id,
+        model_name=request.model_name,
+        model_version=request.model_version,
+        time_steps=request.time_steps,
+        error=(_error_code(exc, fallback), message),
+        worker_id=worker_id,
+    )
+
+
+class Engine:
+    """Runs batches of ``InferenceRequest`` on the networks of one registry.
+
+    ``registry``: a ``registry.Registry``. ``device``: "cpu", "cuda" or "cuda:N". ``backend``: the
+    neuron backend (torch, triton, inductor or auto). Up to ``max_models`` versions stay loaded;
+    the least recently used one is dropped beyond that.
+    """
+
+    def __init__(
+        self,
+        registry: Any,
+        device: str = "cpu",
+        backend: str = "auto",
+        worker_id: str = "embedded",
+        *,
+        max_models: int = 16,
+    ) -> None:
+        self.registry = registry
+        self.device = torch.device(device)
+        self.backend = backend
+        self.worker_id = worker_id
+        self.max_models = max_models
+        self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()  # guards _models; loads happen outside it
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def ensure_loaded(self, name: str, version: int) -> LoadedModel:
+        """Load, prepare and warm up ``name:version`` unless it is loaded already."""
+        key = (name, int(version))
+        with self._lock:
+            loaded = self._models.get(key)
+            if loaded is not None:
+                self._models.move_to_end(key)
+                return loaded
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:  # one thread loads a given version; the others wait for it
+            with self._lock:
+                loaded = self._models.get(key)
+            if loaded is None:
+                loaded = self._load(*key)
+                with self._lock:
+                    self._models[key] = loaded
+                    while len(self._models) > self.max_models:
+                        dropped, _ = self._models.popitem(last=False)
+                        log.info("unloaded %s:%d (more than %d models loaded)", *dropped, self.max_models)
+                    metrics.set_models_loaded(len(self._models))
+            with self._lock:
+                self._loading.pop(key, None)
+        return loaded
+
+    def _load(self, name: str, version: int) -> LoadedModel:
+        started = time.perf_counter()
+        manifest, module = self.registry.load(f"{name}:{version}", device=str(self.device))
+        module.eval()
+        set_streaming(module, False)  # each forward starts from rest
+        set_backend(module, self.backend)
+        loaded = LoadedModel(manifest, module, _sample_shape(manifest), manifest.input.kind)
+        self._warm_up(loaded)
+        log.info("loaded %s:%d on %s in %.2f s", name, version, self.device, time.perf_counter() - started)
+        return loaded
+
+    def _warm_up(self, loaded: LoadedModel) -> None:
+        """One forward with and one without telemetry, so the first request pays no start-up cost."""
+        steps = loaded.manifest.time_steps.default
+        x = torch.zeros((steps, 1, *loaded.sample_shape), device=self.device)
+        with torch.inference_mode():
+            try:
+                loaded.module(x)
+                with telemetry.record(loaded.module) as recorder:
+                    loaded.module(x)
+                recorder.report()
+            finally:
+                reset_state(loaded.module)
+
+    def unload(self, name: str, version: int) -> bool:
+        """Forget ``name:version`` (after it was deleted from the registry). True if it was loaded."""
+        with self._lock:
+            dropped = self._models.pop((name, int(version)), None)
+            metrics.set_models_loaded(len(self._models))
+        return dropped is not None
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        return (name, int(version)) in self._models
+
+    def loaded(self) -> list[tuple[str, int]]:
+        """The (name, version) pairs loaded now, least recently used first."""
+        with self._lock:
+            return list(self._models)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run_batch(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        """Answer every request, in order. Never raises for one bad request: its result has ``error``."""
+        groups: dict[tuple[str, int, int, str], list[InferenceRequest]] = {}
+        for request in requests:
+            groups.setdefault(request.batch_key, []).append(request)
+        answers: dict[str, InferenceResult] = {}
+        for group in groups.values():
+            for result in self._run_group(group):
+                answers[result.request_id] = result
+        return [answers[request.request_id] for request in requests]
+
+    def _run_group(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
+        """Requests that share one network, T and input kind."""
+        first = requests[0]
+        try:
+            loaded = self.ensure_loaded(first.model_name, first.model_version)
+        except Exception as exc:  # unknown version, weights that do not fit: every request says so
+            log.warning("cannot load %s:%d: %s", first.model_name, first.model_version, exc)
+            return [_failed(request, exc, self.worker_id) for request in requests]
+        results: dict[str, InferenceResult] = {}
+        ready: list[tuple[InferenceRequest, np.ndarray]] = []
+        for request in requests:
+            try:
+                ready.append((request, self._encode(loaded, request)))
+            except Exception as exc:  # a recording the binning rejects, a wrong shape: this request only
+                results[request.request_id] = _failed(request, exc, self.worker_id, InvalidInputError.code)
+        if ready:
+            try:
+                answered = self._forward(loaded, ready)
+            except Exception as exc:
+                if len(ready) == 1:
+                    log.exception("inference failed for %s", ready[0][0].request_id)
+                    answered = [_failed(ready[0][0], exc, self.worker_id)]
+                else:
+                    # Run them one by one so the request that breaks the network is the only one to fail.
+                    answered = [self._run_alone(loaded, item) for item in ready]
+            for result in answered:
+                results[result.request_id] = result
+        return [results[request.request_id] for request in requests]
+
+    def _run_alone(self, loaded: LoadedModel, item: tuple[InferenceRequest, np.ndarray]) -> InferenceResult:
+        try:
+            return self._forward(loaded, [item])[0]
+        except Exception as exc:
+            log.exception("inference failed for %s", item[0].request_id)
+            return _failed(item[0], exc, self.worker_id)
+
+    def _encode(self, loaded: LoadedModel, request: InferenceRequest) -> np.ndarray:
+        """One request's network input: images [C, H, W] normalised; events [T, 2, H, W] counts."""
+        manifest = loaded.manifest
+        limits = manifest.time_steps
+        if not limits.min <= request.time_steps <= limits.max:
+            raise InvalidInputError(
+                f"time_steps={request.time_steps} is outside {manifest.name}'s range {limits.min}..{limits.max}"
+            )
+        if request.kind != loaded.kind:
+            raise InvalidInputError(f"{manifest.name} takes {loaded.kind} input, not {request.kind}")
+        spec = manifest.input
+        if loaded.kind == "image":
+            image = np.asarray(request.array, dtype=np.float32)
+            if image.shape != loaded.sample_shape:
+                raise InvalidInputError(
+                    f"image shape {tuple(image.shape)} does not match {manifest.name}'s input "
+                    f"{loaded.sample_shape} (C, H, W)"
+                )
+            return np.asarray(encoding.normalize(image, spec.mean, spec.std), dtype=np.float32)
+        frames = encoding.events_to_frames(
+            request.array,
+            sensor_size=(spec.sensor_width, spec.sensor_height),
+            time_steps=request.time_steps,
+            binning=spec.binning,
+            time_window_us=spec.time_window_us,
+            event_count=spec.event_count,
+        )
+        return np.asarray(frames, dtype=np.float32)
+
+    def _forward(
+        self, loaded: LoadedModel, items: list[tuple[InferenceRequest, np.ndarray]]
+    ) -> list[InferenceResult]:
+        """Run encoded items as one batch. Raises if the network fails (the caller isolates it)."""
+        started_wall = time.time()
+        started = time.perf_counter()
+        requests = [request for request, _ in items]
+        steps = requests[0].time_steps
+        x = self._batch_input(loaded, [array for _, array in items], steps)
+        want_telemetry = any(request.telemetry != "none" for request in requests)
+        model = loaded.module
+        samples: list[dict[str, Any]] = []
+        try:
+            with torch.inference_mode():
+                if want_telemetry:
+                    with telemetry.record(model) as recorder:
+                        logits = model(x)
+                    samples = [sample.as_dict(with_layers=True) for sample in recorder.report()]
+                else:
+                    logits = model(x)
+                probabilities = torch.softmax(logits.float(), dim=-1)
+                top_k = min(max(request.top_k for request in requests), probabilities.shape[-1])
+                top_p, top_i = torch.topk(probabilities, k=max(top_k, 1), dim=-1)
+                probs_host, top_p_host, top_i_host = (t.cpu().numpy() for t in (probabilities, top_p, top_i))
+        finally:
+            reset_state(model)  # state never outlives the batch, whatever happened in it
+        compute_s = time.perf_counter() - started
+        name = loaded.manifest.name
+        metrics.observe_batch(
+            name, self.worker_id, len(requests), compute_s, (started_wall - r.enqueued_at for r in requests)
+        )
+        if samples:
+            metrics.observe_telemetry(name, [samples[i] for i, r in enumerate(requests) if r.telemetry != "none"])
+        if self.device.type == "cuda":
+            metrics.set_gpu_memory(str(self.device), torch.cuda.memory_allocated(self.device))
+        labels = loaded.manifest.labels
+        results = []
+        for i, request in enumerate(requests):
+            k = max(min(request.top_k, len(top_i_host[i])), 1)
+            predictions = tuple(
+                Prediction(
+                    label=labels[int(idx)] if int(idx) < len(labels) else str(int(idx)),
+                    index=int(idx),
+                    probability=float(p),
+                )
+                for idx, p in zip(top_i_host[i][:k], top_p_host[i][:k], strict=True)
+            )
+            results.append(
+                InferenceResult(
+                    request_id=request.request_id,
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    time_steps=steps,
+                    predictions=predictions,
+                    probabilities=tuple(probs_host[i].tolist()),
+                    telemetry=self._telemetry_for(request, samples[i] if samples else None),
+                    queue_ms=max(started_wall - request.enqueued_at, 0.0) * 1000.0,
+                    compute_ms=compute_s * 1000.0,
+                    batch_size=len(requests),
+                    worker_id=self.worker_id,
+                )
+            )
+        return results
+
+    def _batch_input(self, loaded: LoadedModel, arrays: list[np.ndarray], steps: int) -> torch.Tensor:
+        """images: B x [C, H, W] -> [T, B, C, H, W]; event frames: B x [T, 2, H, W] -> [T, B, 2, H, W]."""
+        if loaded.kind == "image":
+            images = torch.from_numpy(np.stack(arrays)).to(self.device)
+            return encoding.direct_encode(images, steps)
+        return torch.from_numpy(np.stack(arrays, axis=1)).to(self.device)
+
+    @staticmethod
+    def _telemetry_for(request: InferenceRequest, sample: dict[str, Any] | None) -> dict[str, Any] | None:
+        if sample is None or request.telemetry == "none":
+            return None
+        if request.telemetry == "summary":
+            return {key: value for key, value in sample.items() if key != "layers"}
+        return sample

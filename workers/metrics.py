@@ -1,0 +1,112 @@
+"""Worker-side Prometheus metrics: queue and compute time, batch sizes, spiking activity.
+
+They live in the process that runs the networks: the gateway's in embedded mode (it exports them
+on its own ``/metrics``), each ``spikeserve worker`` in distributed mode (on its ``--metrics-port``).
+Names follow Prometheus conventions: prefix ``spikeserve_``, base units, ``_total`` counters.
+
+Only prometheus_client and the standard library are imported here, so the gateway can import this
+module without torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# A model keeps its first MAX_LAYER_LABELS spiking layers as their own label values; the rest share
+# "other", so a very deep network cannot blow up the number of time series.
+MAX_LAYER_LABELS = 64
+OTHER_LAYERS = "other"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_RATE_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+QUEUE_DURATION = Histogram(
+    "spikeserve_queue_duration_seconds",
+    "Time a request waited between entering the queue and its batch starting.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+COMPUTE_DURATION = Histogram(
+    "spikeserve_compute_duration_seconds",
+    "Time to encode, run and post-process one batch.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram("spikeserve_batch_size", "Requests per batch.", ["model"], buckets=_BATCH_BUCKETS)
+SPIKE_RATE = Histogram(
+    "spikeserve_spike_rate",
+    "Spike rate of one spiking layer for one request: spikes / (neurons x time steps).",
+    ["model", "layer"],
+    buckets=_RATE_BUCKETS,
+)
+SPIKES = Counter("spikeserve_spikes_total", "Spikes fired, summed over requests.", ["model"])
+SYNAPTIC_OPS = Counter("spikeserve_synaptic_ops_total", "Synaptic operations (SOPs), summed.", ["model"])
+ENERGY = Counter(
+    "spikeserve_energy_joules_total", "Estimated energy (45 nm MAC/AC figures), summed.", ["model"]
+)
+MODELS_LOADED = Gauge("spikeserve_models_loaded", "Model versions loaded in this process.")
+GPU_MEMORY = Gauge("spikeserve_gpu_memory_bytes", "GPU memory allocated by torch.", ["device"])
+WORKER_BATCHES = Counter("spikeserve_worker_batches_total", "Batches run by a worker.", ["worker"])
+
+
+class _LayerLabels:
+    """Maps a model's layer names to bounded label values (first 64 as themselves, then "other")."""
+
+    def __init__(self, limit: int = MAX_LAYER_LABELS) -> None:
+        self._limit = limit
+        self._known: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def label(self, model: str, layer: str) -> str:
+        known = self._known.get(model)
+        if known is not None and layer in known:
+            return known[layer]
+        with self._lock:
+            known = self._known.setdefault(model, {})
+            if layer not in known:
+                own = sum(1 for value in known.values() if value != OTHER_LAYERS)
+                known[layer] = layer if own < self._limit else OTHER_LAYERS
+            return known[layer]
+
+
+LAYER_LABELS = _LayerLabels()
+
+
+def observe_batch(model: str, worker_id: str, batch_size: int, compute_s: float, queue_s: Iterable[float]) -> None:
+    """One batch ran: its size, its compute time, and how long each of its requests queued."""
+    BATCH_SIZE.labels(model).observe(batch_size)
+    COMPUTE_DURATION.labels(model).observe(compute_s)
+    queue = QUEUE_DURATION.labels(model)
+    for seconds in queue_s:
+        queue.observe(max(seconds, 0.0))
+    WORKER_BATCHES.labels(worker_id).inc()
+
+
+def observe_telemetry(model: str, samples: Sequence[dict]) -> None:
+    """Per-request telemetry dicts (``SampleTelemetry.as_dict(with_layers=True)``) of one batch."""
+    if not samples:
+        return
+    SPIKES.labels(model).inc(sum(int(s["spikes"]) for s in samples))
+    SYNAPTIC_OPS.labels(model).inc(sum(float(s["synaptic_ops"]) for s in samples))
+    ENERGY.labels(model).inc(sum(float(s["energy_uj"]) for s in samples) * 1e-6)
+    # One histogram child per layer, looked up once per batch rather than once per sample.
+    children: dict[str, Histogram] = {}
+    for sample in samples:
+        for layer in sample.get("layers", ()):
+            name = layer["name"]
+            child = children.get(name)
+            if child is None:
+                child = children[name] = SPIKE_RATE.labels(model, LAYER_LABELS.label(model, name))
+            child.observe(layer["spike_rate"])
+
+
+def set_models_loaded(count: int) -> None:
+    MODELS_LOADED.set(count)
+
+
+def set_gpu_memory(device: str, allocated_bytes: int) -> None:
+    GPU_MEMORY.labels(device).set(allocated_bytes)
