@@ -53,6 +53,12 @@ class Spikeformer(SpikingModel):
 
     T may be anything from 1 to ``max_time_steps``; H x W any size (``image_size`` is the size the
     spatial embedding was built for).
+
+    Keywords (every registered builder accepts them all and overrides its defaults with them):
+    num_classes, in_channels; image_size (int or (H, W)); channels and strides (one per tokenizer
+    block, strides 1 or 2); kernel_size (odd); dim, depth, heads, mlp_ratio; max_time_steps (rows of
+    the temporal embedding); drop_path_rate (stochastic depth of the last block, training only);
+    neuron (settings for ``neuron_factory``, None for {"kind": "plif", "tau": 2.0}).
     """
 
     supports_streaming = False
