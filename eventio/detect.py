@@ -24,7 +24,6 @@ FORMAT_NAMES = {
     "aedat3": "aedat3",
     "aedat31": "aedat3",
     "aedat2": "aedat2",
-    "aedat": "aedat2",  # jAER's own extension for 2.0 files
 }
 
 CONTENT_TYPES = {
@@ -50,13 +49,19 @@ _NMNIST_SNIFF_RECORDS = 4096
 def detect_format(data: bytes | memoryview, content_type: str | None = None, fmt: str | None = None) -> str:
     """One of FORMATS for ``data``.
 
-    Raises UnknownFormatError for an unknown ``fmt`` or content type, or bytes no reader
-    recognises; CorruptFileError when the stated format's magic is missing but the bytes carry
-    another format's (the message says which, so the caller can fix the request).
+    ``fmt`` may also be "aedat" (any AEDAT version, chosen by the magic bytes). Raises
+    UnknownFormatError for an unknown ``fmt`` or content type, or bytes no reader recognises;
+    CorruptFileError when the bytes' magic names another format than the stated one (the message
+    says which, so the caller can fix the request).
     """
     stated = None
     if fmt is not None and fmt.strip():
         key = fmt.strip().lower().lstrip(".")
+        if key == "aedat":  # any AEDAT version: the magic bytes say which
+            announced = _magic_format(data)
+            if announced not in ("aedat4", "aedat3", "aedat2"):
+                raise CorruptFileError("the request says aedat but the bytes carry no '#!AER-DAT' magic")
+            return str(announced)
         if key not in FORMAT_NAMES:
             raise UnknownFormatError(f"unknown event format {fmt!r}; use one of {', '.join(FORMATS)}")
         stated = FORMAT_NAMES[key]

@@ -139,7 +139,8 @@ class Spikeformer(SpikingModel):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for block in self.blocks:
-            block.reset_parameters()
+            if isinstance(block, STABlock):  # always true; narrows the type for mypy
+                block.reset_parameters()
 
     def spatial_embedding(self, height: int, width: int) -> torch.Tensor:
         """The spatial embedding for an h x w token grid: [h*w, d]."""

@@ -17,6 +17,7 @@ Conventions, as SNN papers report them (45 nm figures, Horowitz 2014):
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
 
 _ACTIVE: ContextVar[TelemetryRecorder | None] = ContextVar("spikeserve_telemetry", default=None)
+# How many ``record`` blocks are open, in any thread. While none is, ``current_recorder`` answers
+# without reading the ContextVar, which torch.compile cannot trace: a compiled network with
+# telemetry off then has no graph break at every layer (dynamo guards on this count instead).
+_OPEN_RECORDERS = 0
+_OPEN_LOCK = threading.Lock()
 
 
 @dataclass
@@ -160,16 +166,23 @@ class TelemetryRecorder:
 @contextlib.contextmanager
 def record(model: nn.Module) -> Iterator[TelemetryRecorder]:
     """Make a recorder active for the forward passes run inside the ``with`` block."""
+    global _OPEN_RECORDERS
     recorder = TelemetryRecorder(model)
     token = _ACTIVE.set(recorder)
+    with _OPEN_LOCK:
+        _OPEN_RECORDERS += 1
     try:
         yield recorder
     finally:
+        with _OPEN_LOCK:
+            _OPEN_RECORDERS -= 1
         _ACTIVE.reset(token)
 
 
 def current_recorder() -> TelemetryRecorder | None:
     """The recorder of the current context, or ``None`` when telemetry is off (the fast path)."""
+    if _OPEN_RECORDERS == 0:
+        return None
     return _ACTIVE.get()
 
 

@@ -12,7 +12,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eventio.errors import CorruptFileError
 from eventio.npy import read_header
@@ -98,6 +98,7 @@ def _decode_picture(data: bytes, kind: str, max_pixels: int, notes: list[str]) -
         if image.format != kind:
             notes.append(f"the body is a {image.format} image although the request says {kind}")
         image.load()
+        picture: Image.Image = ImageOps.exif_transpose(image)  # photos: upright as their camera meant
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(f"the image is over the pixel limit: {exc}") from None
     except UnidentifiedImageError:
@@ -106,15 +107,14 @@ def _decode_picture(data: bytes, kind: str, max_pixels: int, notes: list[str]) -
         raise UndecodableInputError(f"the {kind} image is corrupt or truncated: {exc}") from None
     if image.mode == "I" or image.mode.startswith("I;16"):
         # 16-bit grayscale PNG: scale by the 16-bit range instead of clipping to 8 bits
-        gray = np.asarray(image, dtype=np.float32) / 65535.0
+        gray = np.asarray(picture, dtype=np.float32) / 65535.0
         return np.clip(gray, 0.0, 1.0)[None]
-    picture: Image.Image = image
     if image.mode not in ("L", "RGB"):
         if "A" in image.mode or "transparency" in image.info:
             notes.append(
                 f"dropped the transparency of the {image.mode} image (transparent pixels keep their colour)"
             )
-        picture = image.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
+        picture = picture.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
     array = np.asarray(picture, dtype=np.float32) / 255.0
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _AUTO_CHOICE: dict[str, str] = {}
 _AUTO_TIMINGS: dict[str, dict[str, float]] = {}
 _AUTO_LOCK = threading.Lock()
+_RUNNABLE: set[tuple[str, str]] = set()  # (backend, device) pairs already checked
 
 
 class BackendUnavailableError(RuntimeError):
@@ -94,17 +95,27 @@ def available_backends(device: torch.device | str) -> list[str]:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn ``auto`` into the backend measured fastest on ``device``; check that an explicit one runs there."""
+    """Turn ``auto`` into the backend measured fastest on ``device``; check that an explicit one runs there.
+
+    Called by every neuron forward, so after the first call per (backend, device) it is two dict
+    look-ups that torch.compile traces without a graph break. The checks and the measurement
+    themselves run eagerly: a network that is compiled must have run (or resolved) once before.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    key = _device_key(device)
     if backend == "auto":
-        key = _device_key(device)
         chosen = _AUTO_CHOICE.get(key)
-        return chosen if chosen is not None else _measure_auto(torch.device(key))
-    if backend != "torch":
+        if chosen is None:
+            if torch.compiler.is_compiling():
+                raise RuntimeError(f"resolve the 'auto' neuron backend for {key} before compiling the network")
+            chosen = _measure_auto(torch.device(key))
+        return chosen
+    if backend != "torch" and (backend, key) not in _RUNNABLE and not torch.compiler.is_compiling():
         reason = unavailable_reason(backend, device)
         if reason is not None:
             raise BackendUnavailableError(f"neuron backend {backend!r} cannot run on {device}: {reason}")
+        _RUNNABLE.add((backend, key))
     return backend
 
 

@@ -46,6 +46,13 @@ def test_format_name_wins_over_content_type(files: dict[str, bytes]) -> None:
     assert detect_format(files["nmnist"], "application/x-npy", ".bin") == "nmnist"
 
 
+@pytest.mark.parametrize("fmt", ["aedat4", "aedat3", "aedat2"])
+def test_plain_aedat_lets_the_magic_choose_the_version(files: dict[str, bytes], fmt: str) -> None:
+    assert detect_format(files[fmt], fmt="aedat") == fmt
+    with pytest.raises(CorruptFileError, match="no '#!AER-DAT' magic"):
+        detect_format(files["nmnist"], fmt="AEDAT")
+
+
 def test_real_nmnist_is_sniffed(shared_data: Path) -> None:
     assert detect_format((shared_data / "nmnist_sample.bin").read_bytes()) == "nmnist"
 

@@ -97,6 +97,15 @@ def test_jpeg_decodes() -> None:
     np.testing.assert_allclose(decoded.array, 128 / 255, atol=0.02)
 
 
+def test_jpeg_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view": a 28 wide x 14 high photo shows 14 x 28
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((14, 28), np.uint8)).save(buffer, format="JPEG", exif=exif)
+    upright = ImageInput(channels=1, height=28, width=14, resize=False)
+    assert decode_image(buffer.getvalue(), "image/jpeg", upright, MAX_PIXELS).array.shape == (1, 28, 14)
+
+
 def test_other_sizes_resize_with_a_warning_or_422() -> None:
     data = _png(np.full((56, 40), 255, np.uint8))
     decoded = decode_image(data, None, GRAY28, MAX_PIXELS)  # sniffed by its magic bytes

@@ -1,0 +1,93 @@
+"""Telemetry overhead: forward time with telemetry on against off, same model, same input, same run.
+
+"On" is a forward inside ``telemetry.record(model)`` followed by ``recorder.report()`` (the host
+transfer a served answer pays for); "off" is the bare forward. Rounds alternate which goes first,
+so drift in a shared machine's load falls on both; the overhead is the median of the per-round
+ratios on/off, minus one. Target (issue 2, section 6): under 5% on the CPU.
+
+    .venv/bin/python bench/telemetry.py                       # small DANet, MNIST-sized input
+    .venv/bin/python bench/telemetry.py --arch danet_resnet50 --size 64 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from models import create_model, telemetry
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="danet_resnet18")
+    parser.add_argument("--base-width", type=int, default=16, help="channels of the first stage")
+    parser.add_argument("--stem", default="small", choices=("small", "imagenet"))
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--size", type=int, default=28, help="input height and width")
+    parser.add_argument("--time-steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    return parser.parse_args()
+
+
+def timed(fn: object, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = create_model(
+        args.arch, num_classes=10, in_channels=args.channels, stem=args.stem, base_width=args.base_width
+    )
+    model = model.to(device).eval()
+    shape = (args.time_steps, args.batch, args.channels, args.size, args.size)
+    x = torch.rand(shape, device=device)
+
+    def off() -> None:
+        model(x)
+
+    def on() -> None:
+        with telemetry.record(model) as recorder:
+            model(x)
+        recorder.report()
+
+    with torch.no_grad():
+        for _ in range(args.warmup):
+            off()
+            on()
+        times_off, times_on, ratios = [], [], []
+        for round_index in range(args.rounds):
+            if round_index % 2:
+                t_on, t_off = timed(on, device), timed(off, device)
+            else:
+                t_off, t_on = timed(off, device), timed(on, device)
+            times_off.append(t_off)
+            times_on.append(t_on)
+            ratios.append(t_on / t_off)
+
+    ratio = statistics.median(ratios)
+    print(f"model   {args.arch} base_width={args.base_width} stem={args.stem}, input [T, B, C, H, W] = {list(shape)}")
+    print(f"device  {device} ({torch.get_num_threads()} threads), {args.rounds} rounds after {args.warmup} warm-up")
+    print(f"forward off  median {statistics.median(times_off) * 1e3:8.2f} ms")
+    print(f"forward on   median {statistics.median(times_on) * 1e3:8.2f} ms")
+    print(f"ratio on/off {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%, target < +5%)")
+
+
+if __name__ == "__main__":
+    main()
