@@ -115,6 +115,22 @@ def multistep_lif_inductor(
     count_spikes: bool = False,
 ) -> LIFResult:
     """``reference.multistep_lif`` compiled. x: [T, B, F] -> LIFResult (same fields, same dtypes)."""
+    if torch.compiler.is_compiling():
+        # Inside a network that torch.compile is tracing: the loop joins the outer graph, which
+        # inductor fuses as it would here.
+        return reference_multistep_lif(
+            x,
+            inv_tau=inv_tau,
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            decay_input=decay_input,
+            detach_reset=detach_reset,
+            surrogate_alpha=surrogate_alpha,
+            analog_output=analog_output,
+            v_init=v_init,
+            return_v=return_v,
+            count_spikes=count_spikes,
+        )
     tensor_tau = isinstance(inv_tau, torch.Tensor)
     params = StaticParams(
         inv_tau=None if tensor_tau else float(inv_tau),
