@@ -5,8 +5,10 @@ one at the architecture's ``default_input`` (all T steps, divided by T: per samp
 It counts the matrix products (convolutions, linear layers, attention's Q K^T and A V); batch
 norm, pooling and the neurons' element-wise updates are not counted, as in the papers' tables.
 MACs = FLOPs / 2. The model is built on the meta device, so nothing is allocated or computed and
-even the ImageNet networks are counted in seconds; a model that cannot run on meta is counted on
-the CPU instead (the table says which).
+even the ImageNet networks are counted in seconds. On meta, scaled_dot_product_attention
+decomposes into the bmm's the counter sees; on the CPU it runs a fused kernel that torch 2.13's
+counter does not count, so a model that cannot run on meta is counted on the CPU and the table
+says so (its attention is then missing from the figure).
 
     .venv/bin/python bench/model_table.py            # Markdown table on stdout
     .venv/bin/python bench/model_table.py danet_resnet50 spikeformer_imagenet
@@ -15,11 +17,17 @@ the CPU instead (the table says which).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+# Run as a file, this script has bench/ first on sys.path, where bench/models.py would shadow the
+# models package: put the repository root first, as the other benchmarks do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import create_model, default_input, list_models
 
@@ -59,7 +67,13 @@ def measure(arch: str) -> Row:
         parameters, flops = count(arch, "cpu")
         counted_on = "cpu"
     return Row(
-        arch, parameters, spec["time_steps"], tuple(spec["shape"]), flops, counted_on, time.perf_counter() - start
+        arch,
+        parameters,
+        spec["time_steps"],
+        tuple(spec["shape"]),
+        flops,
+        counted_on,
+        time.perf_counter() - start,
     )
 
 
@@ -79,13 +93,16 @@ def markdown(rows: list[Row]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("archs", nargs="*", help="architectures to count (default: every registered one)")
     args = parser.parse_args()
     started = time.perf_counter()
     rows = [measure(arch) for arch in (args.archs or list_models())]
     print(markdown(rows))
-    print(f"\n{len(rows)} architectures counted in {time.perf_counter() - started:.1f} s with torch {torch.__version__}")
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(rows)} architectures counted in {elapsed:.1f} s with torch {torch.__version__}")
 
 
 if __name__ == "__main__":

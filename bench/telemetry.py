@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+# Run as a file, this script has bench/ first on sys.path, where bench/models.py would shadow the
+# models package: put the repository root first, as the other benchmarks do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import create_model, telemetry
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--arch", default="danet_resnet18")
     parser.add_argument("--base-width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--stem", default="small", choices=("small", "imagenet"))
@@ -36,11 +45,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def timed(fn: object, device: torch.device) -> float:
+def timed(fn: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
@@ -82,11 +91,17 @@ def main() -> None:
             ratios.append(t_on / t_off)
 
     ratio = statistics.median(ratios)
-    print(f"model   {args.arch} base_width={args.base_width} stem={args.stem}, input [T, B, C, H, W] = {list(shape)}")
-    print(f"device  {device} ({torch.get_num_threads()} threads), {args.rounds} rounds after {args.warmup} warm-up")
+    low, _, high = statistics.quantiles(ratios, n=4)
+    model_line = f"{args.arch} base_width={args.base_width} stem={args.stem}"
+    print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}")
+    threads = torch.get_num_threads()
+    print(f"device  {device}, {threads} threads, {args.rounds} rounds after {args.warmup} warm-up")
     print(f"forward off  median {statistics.median(times_off) * 1e3:8.2f} ms")
     print(f"forward on   median {statistics.median(times_on) * 1e3:8.2f} ms")
-    print(f"ratio on/off {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%, target < +5%)")
+    overhead = 100 * (ratio - 1)
+    print(
+        f"ratio on/off {ratio:.3f} (quartiles {low:.3f}-{high:.3f}); overhead {overhead:+.1f}%, target < +5%"
+    )
 
 
 if __name__ == "__main__":

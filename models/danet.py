@@ -18,13 +18,15 @@ and the sum itself is never thresholded. The head fires one last neuron layer on
 last stage, average-pools and classifies.
 
 Honest note: summing the stage input and all earlier outputs with unit weights is, algebraically,
-a pre-activation residual stream (``x_k = x_{k-1} + f_k(x_{k-1})`` unrolls to the same sum). In a
-ResNet, DA therefore has MS-ResNet's topology (``membrane``); what differs is only the branch:
-DA's ``LIF -> Conv -> BN`` ends every branch with a BN (each contribution is normalised before it
-joins the sum, and ``zero_init_residual`` can start every block at zero), whereas ``membrane``
-is the ``BN -> LIF -> Conv`` pre-activation order, with one more BN + LIF before the head. Where
-DA adds something a network did not have is VGG: a plain chain of conv-BN-LIF layers gains the
-real-valued running sum inside each stage.
+a pre-activation residual stream (``x_k = x_{k-1} + f_k(x_{k-1})`` unrolls to the same sum), and
+the 1x1 conv + BN where shapes change is the usual projection shortcut. In a ResNet, DA thus has
+the topology of ``membrane`` (MS-ResNet); the one difference is the branch. DA's is
+``LIF -> Conv -> BN``: every contribution is batch-normalised before it joins the sum, and
+``zero_init_residual`` can start each block at zero (that is also the order of MS-ResNet's
+published code); ``membrane`` here is the ``BN -> LIF -> Conv`` order the issue names, which adds
+a raw conv output and needs one more BN before the head's neuron. DA gives a network something it
+lacked only in VGG, where a plain chain of conv-BN-LIF layers gains the real-valued running sum
+inside each stage. Whatever the paper's DA adds beyond this is not reproduced here.
 
 Connections (``connection=``), the same skeleton for ResNets and VGGs so that they compare:
 - ``plain``: no shortcut, conv -> BN -> LIF throughout (a spiking VGG; a ResNet without shortcuts).
@@ -40,8 +42,8 @@ throughout; every step-wise op folds T into the batch, so nothing here loops ove
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,31 +83,39 @@ class StageSpec:
     pool_first: bool = False
 
 
-def _stride(convs: Sequence[ConvSpec]) -> int:
-    """The stride of a whole branch (bottlenecks stride in their middle conv)."""
-    return math.prod(spec.stride for spec in convs)
+def _reshapes(convs: Sequence[ConvSpec]) -> bool:
+    """Whether a branch changes the shape (bottlenecks stride in their middle conv)."""
+    return math.prod(spec.stride for spec in convs) != 1 or convs[0].in_channels != convs[-1].out_channels
 
 
 def _conv(spec: ConvSpec) -> SeqConv2d:
+    padding = spec.kernel_size // 2
     return SeqConv2d(
         spec.in_channels,
         spec.out_channels,
         spec.kernel_size,
-        stride=spec.stride,
-        padding=spec.kernel_size // 2,
+        spec.stride,
+        padding,
         groups=spec.groups,
         bias=False,
     )
 
 
 def _projection(
-    in_channels: int, out_channels: int, stride: int, connection: str, spiking_neuron: NeuronFactory
-) -> nn.Sequential:
-    """1x1 conv + BN where a shortcut changes shape; SEW fires it, so that spikes meet spikes."""
-    layers: list[nn.Module] = [
-        SeqConv2d(
-            in_channels, out_channels, 1, stride=stride, bias=False, analog_input=connection in _REAL_PATH
-        ),
+    convs: Sequence[ConvSpec], connection: str, spiking_neuron: NeuronFactory
+) -> nn.Module | None:
+    """1x1 conv + BN for a shortcut around ``convs`` where they change the shape, else None.
+
+    It sees real values under membrane and DA (analog input), spikes otherwise; SEW fires it, so
+    that spikes meet spikes.
+    """
+    if not _reshapes(convs):
+        return None
+    in_channels, out_channels = convs[0].in_channels, convs[-1].out_channels
+    stride = math.prod(spec.stride for spec in convs)
+    analog = connection in _REAL_PATH
+    layers = [
+        SeqConv2d(in_channels, out_channels, 1, stride=stride, bias=False, analog_input=analog),
         SeqBatchNorm2d(out_channels),
     ]
     if connection == "sew_add":
@@ -152,16 +162,10 @@ class Block(nn.Module):
 
     def __init__(self, convs: Sequence[ConvSpec], connection: str, spiking_neuron: NeuronFactory) -> None:
         super().__init__()
-        in_channels, out_channels, stride = convs[0].in_channels, convs[-1].out_channels, _stride(convs)
         self.branch = Branch(convs, connection, spiking_neuron)
         self.shortcut: nn.Module | None = None
         if connection != "plain":
-            reshapes = stride != 1 or in_channels != out_channels
-            self.shortcut = (
-                _projection(in_channels, out_channels, stride, connection, spiking_neuron)
-                if reshapes
-                else nn.Identity()
-            )
+            self.shortcut = _projection(convs, connection, spiking_neuron) or nn.Identity()
         self.out_neuron = spiking_neuron() if connection == "standard" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,13 +192,9 @@ class Stage(nn.Module):
         self.pool = SeqToANN(nn.MaxPool2d(2)) if spec.pool_first else None
         self.projection: nn.Module | None = None
         if self.dense_additive:
-            first = spec.blocks[0]
-            in_channels, out_channels, stride = first[0].in_channels, first[-1].out_channels, _stride(first)
-            for later in spec.blocks[1:]:
-                if _stride(later) != 1 or later[0].in_channels != out_channels:
-                    raise ValueError("DA sums the outputs of a stage: only its first block may change shape")
-            if stride != 1 or in_channels != out_channels:
-                self.projection = _projection(in_channels, out_channels, stride, connection, spiking_neuron)
+            if any(_reshapes(convs) for convs in spec.blocks[1:]):
+                raise ValueError("DA sums the outputs of a stage: only its first block may change shape")
+            self.projection = _projection(spec.blocks[0], connection, spiking_neuron)
             self.blocks = nn.ModuleList(Branch(convs, connection, spiking_neuron) for convs in spec.blocks)
         else:
             self.blocks = nn.ModuleList(Block(convs, connection, spiking_neuron) for convs in spec.blocks)
@@ -219,46 +219,39 @@ class Stage(nn.Module):
 class DANet(SpikingModel):
     """Stem -> stages -> head. x: [T, B, C, H, W] float -> logits [B, num_classes] (mean over T).
 
-    ``stem_kernel``/``stem_stride``/``stem_pool`` describe the stem conv (7/2/True is ImageNet's
-    7x7 stride-2 conv followed by a 3x3 stride-2 max-pool).
+    ``stem``: "imagenet" is a 7x7 stride-2 conv + BN and a 3x3 stride-2 max-pool (H / 4);
+    "small" a 3x3 stride-1 conv + BN (28-64 px inputs, and every VGG's own first layer).
+    ``neuron``: settings for ``neuron_factory`` (None: LIF), one fresh neuron per site.
     """
 
     def __init__(
         self,
         stages: Sequence[StageSpec],
         *,
-        num_classes: int,
-        in_channels: int,
+        stem: str,
         stem_width: int,
-        stem_kernel: int,
-        stem_stride: int,
-        stem_pool: bool,
-        connection: str,
-        spiking_neuron: NeuronFactory,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        connection: str = "dense_additive",
+        neuron: dict[str, Any] | None = None,
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if connection not in CONNECTIONS:
             raise ValueError(f"unknown connection {connection!r}; choose one of {', '.join(CONNECTIONS)}")
+        _check_stem(stem)
+        spiking_neuron = neuron_factory(**(DEFAULT_NEURON if neuron is None else neuron))
         self.connection = connection
         self.in_channels = in_channels
-        stem: list[nn.Module] = [
-            SeqConv2d(
-                in_channels,
-                stem_width,
-                stem_kernel,
-                stride=stem_stride,
-                padding=stem_kernel // 2,
-                bias=False,
-                analog_input=True,
-            ),
-            SeqBatchNorm2d(stem_width),
-        ]
+        imagenet = stem == "imagenet"
+        kernel, stride = (7, 2) if imagenet else (3, 1)
+        conv = SeqConv2d(in_channels, stem_width, kernel, stride, kernel // 2, bias=False, analog_input=True)
+        layers: list[nn.Module] = [conv, SeqBatchNorm2d(stem_width)]
         if connection not in _REAL_PATH:
-            stem.append(spiking_neuron())
-        if stem_pool:
-            stem.append(SeqToANN(nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
-        self.stem = nn.Sequential(*stem)
+            layers.append(spiking_neuron())
+        if imagenet:
+            layers.append(SeqToANN(nn.MaxPool2d(kernel_size=3, stride=2, padding=1)))
+        self.stem = nn.Sequential(*layers)
         self.stages = nn.Sequential(*(Stage(spec, connection, spiking_neuron) for spec in stages))
         features = stages[-1].blocks[-1][-1].out_channels
         head: list[nn.Module] = []
@@ -291,7 +284,9 @@ class DANet(SpikingModel):
 # --- plans: which convolutions each architecture has --------------------------------------------
 
 
-def _basic(in_channels: int, planes: int, stride: int, groups: int, width_per_group: int) -> tuple[ConvSpec, ...]:
+def _basic(
+    in_channels: int, planes: int, stride: int, groups: int, width_per_group: int
+) -> tuple[ConvSpec, ...]:
     if groups != 1 or width_per_group != 64:
         raise ValueError("basic blocks support only groups=1 and width_per_group=64")
     return (ConvSpec(in_channels, planes, 3, stride), ConvSpec(planes, planes, 3))
@@ -341,6 +336,7 @@ def vgg_plan(depth: int, base_width: int, stem: str) -> tuple[int, list[StageSpe
     ImageNet inputs max-pool before each of the four later groups (224 -> 14); small inputs
     (28-64 px) pool three times, so the last two groups share a resolution and form one stage.
     """
+    _check_stem(stem)
     groups = [[max(1, width * base_width // 64) for width in group] for group in _VGG_GROUPS[depth]]
     if stem == "small":
         groups[3] += groups.pop(4)
@@ -357,10 +353,6 @@ def vgg_plan(depth: int, base_width: int, stem: str) -> tuple[int, list[StageSpe
     return stem_width, stages
 
 
-def _spiking_neuron(neuron: dict[str, Any] | None) -> NeuronFactory:
-    return neuron_factory(**dict(DEFAULT_NEURON if neuron is None else neuron))
-
-
 def _check_stem(stem: str) -> None:
     if stem not in STEMS:
         raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
@@ -370,57 +362,19 @@ def _resnet(
     block: str,
     layers: Sequence[int],
     *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
     stem: str = "imagenet",
-    connection: str = "dense_additive",
-    neuron: dict[str, Any] | None = None,
     base_width: int = 64,
-    zero_init_residual: bool = False,
     groups: int = 1,
     width_per_group: int = 64,
+    **config: Any,
 ) -> DANet:
-    _check_stem(stem)
-    imagenet = stem == "imagenet"
-    return DANet(
-        resnet_plan(block, layers, base_width, groups, width_per_group),
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem_width=base_width,
-        stem_kernel=7 if imagenet else 3,
-        stem_stride=2 if imagenet else 1,
-        stem_pool=imagenet,
-        connection=connection,
-        spiking_neuron=_spiking_neuron(neuron),
-        zero_init_residual=zero_init_residual,
-    )
+    plan = resnet_plan(block, layers, base_width, groups, width_per_group)
+    return DANet(plan, stem=stem, stem_width=base_width, **config)
 
 
-def _vgg(
-    depth: int,
-    *,
-    num_classes: int = 1000,
-    in_channels: int = 3,
-    stem: str = "imagenet",
-    connection: str = "dense_additive",
-    neuron: dict[str, Any] | None = None,
-    base_width: int = 64,
-    zero_init_residual: bool = False,
-) -> DANet:
-    _check_stem(stem)
-    stem_width, stages = vgg_plan(depth, base_width, stem)
-    return DANet(
-        stages,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem_width=stem_width,
-        stem_kernel=3,
-        stem_stride=1,
-        stem_pool=False,
-        connection=connection,
-        spiking_neuron=_spiking_neuron(neuron),
-        zero_init_residual=zero_init_residual,
-    )
+def _vgg(depth: int, *, stem: str = "imagenet", base_width: int = 64, **config: Any) -> DANet:
+    stem_width, plan = vgg_plan(depth, base_width, stem)
+    return DANet(plan, stem="small", stem_width=stem_width, **config)  # VGG's first 3x3 conv
 
 
 # --- registered architectures --------------------------------------------------------------------

@@ -166,8 +166,14 @@ class TelemetryRecorder:
 @contextlib.contextmanager
 def record(model: nn.Module) -> Iterator[TelemetryRecorder]:
     """Make a recorder active for the forward passes run inside the ``with`` block."""
+    with activate(TelemetryRecorder(model)) as recorder:
+        yield recorder
+
+
+@contextlib.contextmanager
+def activate(recorder: TelemetryRecorder) -> Iterator[TelemetryRecorder]:
+    """Make an existing recorder (or a subclass: a CUDA-graph capture records into a tape) active."""
     global _OPEN_RECORDERS
-    recorder = TelemetryRecorder(model)
     token = _ACTIVE.set(recorder)
     with _OPEN_LOCK:
         _OPEN_RECORDERS += 1

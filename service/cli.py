@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "service.commands",
     "registry.cli",
     "training.cli",
+    "workers.cli",
 )
 
 

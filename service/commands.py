@@ -38,6 +38,7 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--max-queue-size", "max_queue_size", int, "queued requests before 503 (default 1024)"),
     Flag("--request-timeout", "request_timeout_s", float, "seconds before a request gets 504 (default 30)"),
     Flag("--torch-threads", "torch_threads", int, "torch intra-op threads (default: torch's choice)"),
+    Flag("--redis", "redis_url", str, "distributed: send requests to workers via Redis", metavar="URL"),
 ]
 
 

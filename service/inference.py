@@ -37,6 +37,13 @@ def request_id(request: Request) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+def resolve(state: ServiceState, request: Request, ref: str) -> Any:
+    """The manifest ``ref`` names now; from here on the request's metrics carry that model."""
+    manifest = state.resolver.resolve(ref)
+    label_model(request, manifest.name, manifest.version)
+    return manifest
+
+
 def check_options(manifest: Any, time_steps: int | None, top_k: int, telemetry: str) -> Options:
     """Validate the query options against the manifest (T range: 422 naming the range)."""
     limits = manifest.time_steps
@@ -68,7 +75,6 @@ async def run(
     rid: str,
 ) -> InferenceResult:
     """Submit one decoded input to the pool and return its (successful) result."""
-    label_model(request, manifest.name, manifest.version)
     inference_request = InferenceRequest(
         request_id=rid,
         model_name=manifest.name,

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.util
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -106,6 +108,7 @@ def mnist5k(split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --- N-MNIST-5k: the same digits, recorded by the emulator ------------------------------------
 
 EMULATION_SEED = 5001
+EMULATION_BATCH = 500  # digits emulated together: big enough to amortise numpy's per-call cost
 CACHE_FORMAT = 1
 
 
@@ -128,13 +131,15 @@ def nmnist5k_events(
 
     ``events[i]`` is an EVENT_DTYPE array. Digit ``k`` of the 5,000 is emulated with
     ``default_rng((seed, k))``, so it has the same events whatever split or batch it is in. The
-    result is cached under ``cache_dir`` in a file named by the split, the seed and
-    ``config.key()``; ``cache_dir=None`` uses ``default_cache_dir()``.
+    result is cached under ``cache_dir`` in a file named by the split, a digest of its digits, the
+    seed and ``config.key()``; ``cache_dir=None`` uses ``default_cache_dir()``.
     """
     config = config or EmulatorConfig()
     images, labels, index = mnist5k(split)
     folder = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    path = folder / f"nmnist5k-{split}-seed{seed}-{config.key()}-v{CACHE_FORMAT}.npz"
+    # the digits' own digest is in the name too: a changed split can never read a stale entry
+    digits = hashlib.sha256(index.astype("<i8").tobytes()).hexdigest()[:12]
+    path = folder / f"nmnist5k-{split}-{digits}-seed{seed}-{config.key()}-v{CACHE_FORMAT}.npz"
     if path.is_file():
         return _unpack(np.load(path)), labels, index
     events: list[np.ndarray] = []
@@ -147,9 +152,6 @@ def nmnist5k_events(
         np.savez(handle, **_pack(events, config.sensor_size))
     os.replace(handle.name, path)
     return events, labels, index
-
-
-EMULATION_BATCH = 500  # digits emulated together: big enough to amortise numpy's per-call cost
 
 
 def _pack(events: list[np.ndarray], sensor_size: int) -> dict[str, np.ndarray]:
@@ -172,11 +174,17 @@ def _unpack(columns: Any) -> list[np.ndarray]:
     for name in ("x", "y", "t", "p"):
         flat[name] = columns[name]
     offsets = columns["offsets"]
-    return [flat[lo:hi] for lo, hi in zip(offsets[:-1], offsets[1:], strict=True)]
+    return [flat[lo:hi] for lo, hi in itertools.pairwise(offsets)]
 
 
 def events_to_frame_array(
-    events: list[np.ndarray], *, sensor_size: tuple[int, int], time_steps: int, binning: str = "time_bins"
+    events: list[np.ndarray],
+    *,
+    sensor_size: tuple[int, int],
+    time_steps: int,
+    binning: str = "time_bins",
+    time_window_us: int | None = None,
+    event_count: int | None = None,
 ) -> np.ndarray:
     """Recordings -> frames [N, T, 2, H, W] uint8 (per-bin, per-polarity counts, clipped at 255).
 
@@ -186,6 +194,13 @@ def events_to_frame_array(
     width, height = sensor_size
     out = np.zeros((len(events), time_steps, 2, height, width), np.uint8)
     for i, recording in enumerate(events):
-        frames = events_to_frames(recording, sensor_size=sensor_size, time_steps=time_steps, binning=binning)
+        frames = events_to_frames(
+            recording,
+            sensor_size=sensor_size,
+            time_steps=time_steps,
+            binning=binning,
+            time_window_us=time_window_us,
+            event_count=event_count,
+        )
         out[i] = np.minimum(frames, 255)
     return out

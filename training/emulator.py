@@ -26,10 +26,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from eventio import EVENT_DTYPE
+from eventio.aedat4 import write_aedat4
+from eventio.nmnist import write_nmnist
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,9 @@ def _shifted(padded: np.ndarray, margin: int, size: int, dx: float, dy: float, o
     out.fill(0.0)
     for dr, dc, weight in weights:
         if weight > 0:  # at whole-pixel offsets three of the four taps are zero
-            np.multiply(padded[:, r0 + dr : r0 + dr + size, c0 + dc : c0 + dc + size], np.float32(weight), out=scratch)
+            np.multiply(
+                padded[:, r0 + dr : r0 + dr + size, c0 + dc : c0 + dc + size], np.float32(weight), out=scratch
+            )
             out += scratch
     return out
 
@@ -203,15 +208,17 @@ def emulate_batch(
     order = np.argsort(flat // pixels, kind="stable")  # group by digit, keeping time order
     bounds = np.searchsorted(flat[order] // pixels, np.arange(batch + 1))
     return [
-        _finish(
-            flat[order[lo:hi]] % pixels, times[order[lo:hi]], polarity[order[lo:hi]], rng, config
-        )
+        _finish(flat[order[lo:hi]] % pixels, times[order[lo:hi]], polarity[order[lo:hi]], rng, config)
         for rng, lo, hi in zip(rngs, bounds[:-1], bounds[1:], strict=True)
     ]
 
 
 def _finish(
-    pixel: np.ndarray, t_us: np.ndarray, positive: np.ndarray, rng: np.random.Generator, config: EmulatorConfig
+    pixel: np.ndarray,
+    t_us: np.ndarray,
+    positive: np.ndarray,
+    rng: np.random.Generator,
+    config: EmulatorConfig,
 ) -> np.ndarray:
     """Add jitter and background noise to one digit's events; sort by time -> EVENT_DTYPE [E]."""
     size, duration = config.sensor_size, config.duration_us
@@ -233,3 +240,25 @@ def _finish(
 def emulate(image: np.ndarray, seed: int = 0, config: EmulatorConfig | None = None) -> np.ndarray:
     """One digit image [h, w] -> its N-MNIST-style recording, EVENT_DTYPE [E] sorted by t."""
     return emulate_batch(np.asarray(image)[None], seed=seed, config=config)[0]
+
+
+RECORDING_SUFFIXES = {".bin": "nmnist", ".aedat4": "aedat4"}
+
+
+def encode_recording(events: np.ndarray, fmt: str, sensor_size: int = 34) -> bytes:
+    """events EVENT_DTYPE [E] -> the bytes of an N-MNIST ``.bin`` (fmt "nmnist") or AEDAT4 file ("aedat4")."""
+    if fmt == "nmnist":
+        return write_nmnist(events)
+    if fmt == "aedat4":
+        return write_aedat4(events, (sensor_size, sensor_size))
+    raise ValueError(f"unknown recording format {fmt!r}; choose nmnist or aedat4")
+
+
+def write_recording(events: np.ndarray, path: str | Path, sensor_size: int = 34) -> Path:
+    """Write events EVENT_DTYPE [E] to ``path``; the suffix picks the format (.bin or .aedat4)."""
+    path = Path(path)
+    fmt = RECORDING_SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: use a .bin (N-MNIST) or .aedat4 file name")
+    path.write_bytes(encode_recording(events, fmt, sensor_size))
+    return path

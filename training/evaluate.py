@@ -5,6 +5,7 @@ prepares a request, so a number printed here is the number a served model earns:
 - ``mnist5k`` needs an image model (1x28x28): scale to [0, 1], normalise, direct-encode;
 - ``nmnist5k`` needs an event model on a 34x34 sensor: emulated recordings of the same digits,
   binned by ``models.encoding.events_to_frames`` with the manifest's binning.
+(``training.pipelines.dataset_pipeline`` does both, for the trainer too.)
 """
 
 from __future__ import annotations
@@ -20,15 +21,10 @@ import torch.nn as nn
 from models import telemetry
 from models.base import reset_state
 from models.encoding import events_to_frames
-from registry.manifest import EventInput, ImageInput, Manifest
+from registry.manifest import EventInput, Manifest
 from registry.registry import Registry
-from training.datasets import EMULATION_SEED, Split, events_to_frame_array, mnist5k, nmnist5k_events
-from training.emulator import EmulatorConfig
-from training.pipelines import FramePipeline, ImagePipeline, Pipeline
-
-
-class DatasetMismatchError(ValueError):
-    """The data set does not fit the model's input spec (an image set for an event model, ...)."""
+from training.datasets import Split
+from training.pipelines import DatasetMismatchError, Pipeline, dataset_pipeline
 
 
 @dataclass(frozen=True)
@@ -57,49 +53,6 @@ class EvalReport:
         return asdict(self)
 
 
-def check_fits(manifest: Manifest, dataset: str) -> None:
-    """Raise DatasetMismatchError unless ``dataset`` can feed the network ``manifest`` describes."""
-    spec = manifest.input
-    if dataset == "mnist5k":
-        if not (isinstance(spec, ImageInput) and (spec.channels, spec.height, spec.width) == (1, 28, 28)):
-            raise DatasetMismatchError(f"{manifest.ref} does not take 1x28x28 images; mnist5k cannot feed it")
-    elif dataset == "nmnist5k":
-        size = EmulatorConfig().sensor_size
-        if not (isinstance(spec, EventInput) and (spec.sensor_width, spec.sensor_height) == (size, size)):
-            raise DatasetMismatchError(f"{manifest.ref} does not take {size}x{size} events; nmnist5k cannot feed it")
-    else:
-        raise DatasetMismatchError(f"unknown dataset {dataset!r}; choose mnist5k or nmnist5k")
-
-
-def dataset_pipeline(
-    manifest: Manifest,
-    dataset: str,
-    split: Split,
-    *,
-    time_steps: int | None = None,
-    emulator: EmulatorConfig | None = None,
-    emulation_seed: int = EMULATION_SEED,
-    cache_dir: Path | None = None,
-) -> Pipeline:
-    """The samples of ``dataset``/``split`` prepared as the manifest's network expects them."""
-    check_fits(manifest, dataset)
-    steps = time_steps or manifest.time_steps.default
-    spec = manifest.input
-    if isinstance(spec, ImageInput):
-        images, labels, _ = mnist5k(split)
-        return ImagePipeline(images, labels, time_steps=steps, mean=spec.mean, std=spec.std)
-    events, labels, _ = nmnist5k_events(split, config=emulator, seed=emulation_seed, cache_dir=cache_dir)
-    frames = events_to_frame_array(
-        events,
-        sensor_size=(spec.sensor_width, spec.sensor_height),
-        time_steps=steps,
-        binning=spec.binning,
-        time_window_us=spec.time_window_us,
-        event_count=spec.event_count,
-    )
-    return FramePipeline(frames, labels)
-
-
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -117,7 +70,13 @@ def evaluate_model(
             with telemetry.record(model) as recorder:
                 logits = model(x.to(device))
             for sample in recorder.report():
-                totals += (sample.spike_rate, sample.spikes, sample.synaptic_ops, sample.macs, sample.energy_uj)
+                totals += (
+                    sample.spike_rate,
+                    sample.spikes,
+                    sample.synaptic_ops,
+                    sample.macs,
+                    sample.energy_uj,
+                )
                 samples += 1
         else:
             logits = model(x.to(device))
@@ -141,7 +100,13 @@ def evaluate_ref(
 ) -> EvalReport:
     """Load ``ref`` from the registry (digest checked) and measure it on ``dataset``/``split``."""
     manifest, model = Registry(registry_root).load(ref, device=device)
-    data = dataset_pipeline(manifest, dataset, split, time_steps=time_steps, cache_dir=cache_dir)
+    data = dataset_pipeline(
+        manifest.input,
+        dataset,
+        split,
+        time_steps=time_steps or manifest.time_steps.default,
+        cache_dir=cache_dir,
+    )
     correct, n, summary = evaluate_model(
         model, data, batch_size=batch_size, device=device, with_telemetry=with_telemetry
     )

@@ -13,11 +13,19 @@ strokes move by up to ``max_shift`` pixels, as hand-centred digits and a moving 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from models.encoding import direct_encode
+from registry.manifest import EventInput, ImageInput
+from training.datasets import EMULATION_SEED, Split, events_to_frame_array, mnist5k, nmnist5k_events
+from training.emulator import EmulatorConfig
+
+
+class DatasetMismatchError(ValueError):
+    """The data set does not fit the model's input spec (an image set for an event model, ...)."""
 
 
 def random_shift(batch: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -44,7 +52,7 @@ class Pipeline:
     def batch(
         self, index: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples ``index`` [B] -> (x [T, B, C, H, W] float32, y [B] int64); augmented iff a generator is given."""
+        """Samples ``index`` [B] -> (x [T, B, C, H, W] float32, y [B] int64); augmented with a generator."""
         raise NotImplementedError
 
     def batches(
@@ -102,3 +110,51 @@ class FramePipeline(Pipeline):
         if generator is not None:
             frames = random_shift(frames, self.max_shift, generator)
         return frames.transpose(0, 1).contiguous(), self.labels[index]
+
+
+def check_fits(spec: ImageInput | EventInput, dataset: str, emulator: EmulatorConfig | None = None) -> None:
+    """Raise DatasetMismatchError unless ``dataset`` can feed a network with input ``spec``."""
+    if dataset == "mnist5k":
+        if not (isinstance(spec, ImageInput) and (spec.channels, spec.height, spec.width) == (1, 28, 28)):
+            raise DatasetMismatchError("mnist5k holds 1x28x28 images; this model takes other input")
+    elif dataset == "nmnist5k":
+        size = (emulator or EmulatorConfig()).sensor_size
+        if not (isinstance(spec, EventInput) and (spec.sensor_width, spec.sensor_height) == (size, size)):
+            raise DatasetMismatchError(
+                f"nmnist5k holds {size}x{size} event recordings; this model takes other input"
+            )
+    else:
+        raise DatasetMismatchError(f"unknown dataset {dataset!r}; choose mnist5k or nmnist5k")
+
+
+def dataset_pipeline(
+    spec: ImageInput | EventInput,
+    dataset: str,
+    split: Split,
+    *,
+    time_steps: int,
+    max_shift: int = 0,
+    emulator: EmulatorConfig | None = None,
+    emulation_seed: int = EMULATION_SEED,
+    cache_dir: Path | None = None,
+) -> Pipeline:
+    """The samples of ``dataset``/``split`` prepared for a network with input ``spec`` at T=``time_steps``.
+
+    Images are normalised with the spec's mean/std; recordings binned with the spec's binning.
+    """
+    check_fits(spec, dataset, emulator)
+    if isinstance(spec, ImageInput):
+        images, labels, _ = mnist5k(split)
+        return ImagePipeline(
+            images, labels, time_steps=time_steps, mean=spec.mean, std=spec.std, max_shift=max_shift
+        )
+    events, labels, _ = nmnist5k_events(split, config=emulator, seed=emulation_seed, cache_dir=cache_dir)
+    frames = events_to_frame_array(
+        events,
+        sensor_size=(spec.sensor_width, spec.sensor_height),
+        time_steps=time_steps,
+        binning=spec.binning,
+        time_window_us=spec.time_window_us,
+        event_count=spec.event_count,
+    )
+    return FramePipeline(frames, labels, max_shift=max_shift)

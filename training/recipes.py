@@ -46,8 +46,10 @@ class Recipe:
     def time_step_spec(self) -> TimeSteps:
         return TimeSteps(default=self.time_steps, min=1, max=self.max_time_steps)
 
-    def with_overrides(self, *, epochs: int | None = None, max_batches: int | None = None, seed: int | None = None) -> Recipe:
-        """This recipe with a different length or seed (``spikeserve train --epochs/--max-batches/--seed``)."""
+    def with_overrides(
+        self, *, epochs: int | None = None, max_batches: int | None = None, seed: int | None = None
+    ) -> Recipe:
+        """This recipe with another length or seed (``spikeserve train --epochs/--max-batches/--seed``)."""
         changes: dict[str, Any] = {}
         if epochs is not None:
             changes["epochs"] = epochs
@@ -81,7 +83,9 @@ _add(
         time_steps=8,
         max_time_steps=8,
         data="nmnist5k",
-        train=TrainConfig(epochs=20, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, patience=6, seed=1),
+        train=TrainConfig(
+            epochs=20, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.05, patience=6, seed=1
+        ),
         description="Spikeformer (2 tokenizer blocks, 2 space-time attention blocks, dim 64) on emulated "
         "N-MNIST recordings of MNIST-5k digits, 34x34x2 frames in 8 time bins",
     )

@@ -116,7 +116,9 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float) ->
     return factor
 
 
-def _autocast(device: torch.device, enabled: bool) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
+def _autocast(
+    device: torch.device, enabled: bool
+) -> tuple[contextlib.AbstractContextManager, torch.amp.GradScaler | None]:
     """The mixed-precision context and, for float16, the gradient scaler (None otherwise)."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext(), None
@@ -126,7 +128,9 @@ def _autocast(device: torch.device, enabled: bool) -> tuple[contextlib.AbstractC
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, data: Pipeline, batch_size: int = 128, device: str | torch.device = "cpu") -> float:
+def accuracy(
+    model: nn.Module, data: Pipeline, batch_size: int = 128, device: str | torch.device = "cpu"
+) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on every sample of ``data``."""
     model.eval()
     correct = 0
@@ -168,7 +172,9 @@ def train(
         steps_per_epoch = min(steps_per_epoch, config.max_batches)
     total = steps_per_epoch * config.epochs
     warmup = min(total, max(1, round(config.warmup_epochs * steps_per_epoch)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup, config.min_lr_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total, warmup, config.min_lr_ratio)
+    )
     amp_context, scaler = _autocast(device, config.amp)
 
     result = TrainResult(model=model, best_epoch=0, best_val_accuracy=-1.0)
@@ -179,7 +185,13 @@ def train(
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         batches = _limited(train_data.batches(config.batch_size, generator, shuffle=True), config.max_batches)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with amp_context:

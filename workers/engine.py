@@ -236,6 +236,8 @@ class Engine:
                     f"image shape {tuple(image.shape)} does not match {manifest.name}'s input "
                     f"{loaded.sample_shape} (C, H, W)"
                 )
+            if not np.isfinite(image).all():  # the gateway checks too; distributed workers get bytes
+                raise InvalidInputError("the image holds NaN or infinite values")
             return np.asarray(encoding.normalize(image, spec.mean, spec.std), dtype=np.float32)
         frames = encoding.events_to_frames(
             request.array,

@@ -29,6 +29,7 @@ from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
 from workers import errors
+from workers.heartbeat import read_live_workers
 from workers.pool import WorkerPool
 from workers.protocol import InferenceRequest, InferenceResult
 from workers.redis_streams import ENQUEUE_LUA, REPLY_TTL_MS, StreamKeys, connect, field
@@ -39,7 +40,9 @@ LIVE_WORKERS = Gauge("spikeserve_workers", "Live workers seen by this gateway (h
 
 # code -> class, so a worker's error reply is raised here exactly as the embedded pool raises it
 _ERRORS: dict[str, type[errors.SpikeserveError]] = {
-    cls.code: cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, errors.SpikeserveError)
+    cls.code: cls
+    for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, errors.SpikeserveError)
 }
 
 
@@ -81,6 +84,7 @@ class RedisPool(WorkerPool):
         self._reader: aioredis.Redis | None = None
         self._enqueue: Any = None
         self._pending: dict[str, asyncio.Future[InferenceResult]] = {}
+        self._pending_models: dict[str, str] = {}  # request id -> model, for the queue-depth gauge
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: list[dict[str, Any]] = []
         self._workers_known = False  # False until one refresh succeeded: do not refuse on an empty cache
@@ -88,6 +92,7 @@ class RedisPool(WorkerPool):
         self._redis_ok = False
         self._last_reply_id = b"0-0"
         self._published_generation: int | None = None
+        self._closing = False
         self.duplicate_replies = 0
 
     @classmethod
@@ -117,6 +122,7 @@ class RedisPool(WorkerPool):
             # start reading after what is already there: replies to an earlier gateway with this id are stale
             info = await self._client.xinfo_stream(self.reply_stream)
             self._last_reply_id = info["last-generated-id"]
+        self._closing = False
         await self._refresh()
         self._tasks = [
             asyncio.create_task(self._read_replies(), name="redis-pool-replies"),
@@ -124,11 +130,13 @@ class RedisPool(WorkerPool):
         ]
 
     async def stop(self) -> None:
+        # the flag as well as cancel(): redis-py can swallow a cancellation that lands in a blocking
+        # read (redis/redis-py#2028), and a loop that checks the flag still ends after one BLOCK
+        self._closing = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._block_ms / 1000 + 2.0)
         self._tasks = []
         self._fail_pending(errors.BackendUnavailableError("the gateway is shutting down"))
         if self._client is not None:
@@ -148,10 +156,13 @@ class RedisPool(WorkerPool):
         await self._check_served(request.model_name)
         timeout = request.deadline - time.time()
         if timeout <= 0:
-            raise errors.DeadlineExceededError(f"request {request.request_id} reached its deadline before queueing")
+            raise errors.DeadlineExceededError(
+                f"request {request.request_id} reached its deadline before queueing"
+            )
         # registered before the XADD: a fast worker can answer before XADD's reply reaches us
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
+        self._pending_models[request.request_id] = request.model_name
         try:
             try:
                 entry_id = await self._enqueue(
@@ -160,10 +171,13 @@ class RedisPool(WorkerPool):
                 )
             except (RedisError, OSError) as exc:
                 self._redis_ok = False
-                raise errors.BackendUnavailableError(f"Redis at {self._safe_url()} is unreachable: {exc}") from exc
+                raise errors.BackendUnavailableError(
+                    f"Redis at {self._safe_url()} is unreachable: {exc}"
+                ) from exc
             if entry_id is None:
                 raise errors.QueueFullError(
-                    f"model {request.model_name!r} has {self.max_backlog} or more requests waiting; retry shortly",
+                    f"model {request.model_name!r} has {self.max_backlog} or more requests waiting; "
+                    "retry shortly",
                     retry_after_s=1.0,
                 )
             try:
@@ -174,6 +188,7 @@ class RedisPool(WorkerPool):
                 ) from None
         finally:  # answered, refused, timed out or cancelled: a late reply now finds nobody waiting
             self._pending.pop(request.request_id, None)
+            self._pending_models.pop(request.request_id, None)
         return raise_for_error(result)
 
     async def _check_served(self, model: str) -> None:
@@ -195,7 +210,7 @@ class RedisPool(WorkerPool):
     async def _read_replies(self) -> None:
         """The one reader of this gateway's reply stream: blocks in XREAD, resolves futures."""
         backoff = 0.1
-        while True:
+        while not self._closing:
             assert self._reader is not None
             try:
                 response = await self._reader.xread(
@@ -241,19 +256,16 @@ class RedisPool(WorkerPool):
     # -- workers, liveness, registry changes --------------------------------------------------
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.heartbeat_interval_s)
             await self._refresh()
 
     async def _refresh(self) -> None:
         """Read live workers' heartbeats; keep the reply stream alive; publish registry changes."""
         assert self._client is not None
-        now = time.time()
         try:
-            ids = await self._client.zrangebyscore(self.keys.workers, now - 3 * self.heartbeat_interval_s, "+inf")
-            beats = await self._client.mget([self.keys.worker(i.decode()) for i in ids]) if ids else []
+            workers = await read_live_workers(self._client, self.keys, self.heartbeat_interval_s)
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zremrangebyscore(self.keys.workers, "-inf", now - 3600)  # forget long-dead workers
                 pipe.pexpire(self.reply_stream, REPLY_TTL_MS)
                 pipe.xtrim(self.reply_stream, minid=self._last_reply_id)  # replies read already
                 await pipe.execute()
@@ -263,16 +275,11 @@ class RedisPool(WorkerPool):
                 log.warning("Redis unreachable while refreshing workers: %s", exc)
             self._redis_ok = False
             return
-        workers = []
-        for beat in beats:
-            if beat is not None:
-                with contextlib.suppress(ValueError):
-                    workers.append(json.loads(beat))
-        self._workers = sorted(workers, key=lambda w: w.get("id", ""))
+        self._workers = workers
         self._workers_known = True
         self._refreshed_at = time.monotonic()
         self._redis_ok = True
-        LIVE_WORKERS.set(len(self._workers))
+        LIVE_WORKERS.set(len(workers))
 
     async def _publish_registry_change(self) -> None:
         if self._registry_generation is None or self._client is None:
@@ -300,6 +307,23 @@ class RedisPool(WorkerPool):
     def queue_depth(self) -> int:
         """Requests this gateway has sent and not yet seen answered."""
         return len(self._pending)
+
+    def queue_depth_by_model(self) -> dict[str, int]:
+        """``queue_depth`` per model, for the ``spikeserve_queue_depth{model}`` gauge."""
+        depths: dict[str, int] = {}
+        for model in self._pending_models.values():
+            depths[model] = depths.get(model, 0) + 1
+        return depths
+
+    def loaded_models(self) -> list[tuple[str, int]]:
+        """The (name, version) pairs that live workers have loaded, as their heartbeats say."""
+        loaded: set[tuple[str, int]] = set()
+        for worker in self._workers:
+            for ref in worker.get("loaded", ()):
+                name, _, version = str(ref).rpartition(":")
+                if name and version.isdigit():
+                    loaded.add((name, int(version)))
+        return sorted(loaded)
 
     def describe_workers(self) -> list[dict[str, Any]]:
         """Live workers as of the last heartbeat refresh: id, models, device, batches, last beat."""

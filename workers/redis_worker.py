@@ -20,35 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from workers.errors import DeadlineExceededError, SpikeserveError
+from workers.heartbeat import remove_heartbeat, write_heartbeat
 from workers.protocol import InferenceRequest, InferenceResult
-from workers.redis_streams import GROUP, REPLY_LUA, REPLY_TTL_MS, StreamKeys, connect, ensure_group, field
+from workers.redis_replies import Reply, ReplyWriter
+from workers.redis_streams import GROUP, StreamKeys, connect, ensure_group, field
 
 log = logging.getLogger(__name__)
 
 Submit = Callable[[InferenceRequest], Awaitable[InferenceResult]]
-
-
-@dataclass(frozen=True)
-class _Reply:
-    stream: str
-    entry_id: bytes
-    reply_to: str
-    payload: bytes
-    give_up_at: float  # unix seconds: stop retrying a write the gateway no longer waits for
 
 
 def error_result(request: InferenceRequest, code: str, message: str, worker_id: str) -> InferenceResult:
@@ -102,17 +93,14 @@ class RedisWorker:
         self.describe = describe or dict
         self.on_registry_change = on_registry_change
         self.started_at = time.time()
-        self.answered = 0  # replies this worker wrote
-        self.duplicates_suppressed = 0  # replies not written because another worker answered first
         self._streams: list[str] = []
         self._grouped: set[str] = set()
         self._in_flight: dict[tuple[str, bytes], InferenceRequest] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
-        self._replies: asyncio.Queue[_Reply] = asyncio.Queue()
+        self._replies: ReplyWriter | None = None
         self._stopping = asyncio.Event()
         self._client: aioredis.Redis | None = None
-        self._reply_script: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -120,28 +108,31 @@ class RedisWorker:
         """Serve until ``stop()``; then finish in-flight requests (bounded) and leave."""
         self._client = connect(self.redis_url)
         reader = connect(self.redis_url, socket_timeout=self.block_ms / 1000 + 5.0)
-        self._reply_script = self._client.register_script(REPLY_LUA)
         self._streams = [self.keys.requests(m) for m in sorted(self.models())]
-        writer = asyncio.create_task(self._write_replies(), name="worker-replies")
+        self._replies = ReplyWriter(self._client, on_done=self._release)
+        writer = asyncio.create_task(self._replies.run(), name="worker-replies")
         loops = [
             asyncio.create_task(self._read(reader), name="worker-read"),
             asyncio.create_task(self._claim(), name="worker-claim"),
             asyncio.create_task(self._heartbeat(), name="worker-heartbeat"),
             asyncio.create_task(self._listen_registry(), name="worker-registry"),
         ]
-        log.info("worker %s serving %s", self.worker_id, ", ".join(self.keys.model_of(s) for s in self._streams))
+        log.info(
+            "worker %s serving %s", self.worker_id, ", ".join(self.keys.model_of(s) for s in self._streams)
+        )
         try:
             await self._stopping.wait()
         finally:
+            # the loops also check _stopping: redis-py can swallow a cancellation that lands in a
+            # blocking read (redis/redis-py#2028), so cancel() alone might not end them
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.wait(loops, timeout=self.block_ms / 1000 + 2.0)
             await self._drain(timeout_s=10.0)
             writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
+            await asyncio.wait([writer], timeout=2.0)
             with contextlib.suppress(RedisError, OSError):
-                await self._client.delete(self.keys.worker(self.worker_id))
-                await self._client.zrem(self.keys.workers, self.worker_id)
+                await remove_heartbeat(self._client, self.keys, self.worker_id)
             await reader.aclose()
             await self._client.aclose()
 
@@ -161,7 +152,7 @@ class RedisWorker:
 
     async def _read(self, reader: aioredis.Redis) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping.is_set():
             room = await self._wait_for_room()
             if not self._streams:
                 await asyncio.sleep(self.block_ms / 1000)  # nothing to serve until the registry has a model
@@ -216,12 +207,14 @@ class RedisWorker:
         except Exception:
             # nobody can be answered for an entry that does not decode; drop it rather than loop on it
             log.exception("dropping undecodable entry %s on %s", entry_id, stream)
-            self._replies.put_nowait(_Reply(stream, entry_id, "", b"", time.time()))
+            self._put_reply(Reply(stream, entry_id, "", b"", time.time()))
             return
         self._in_flight[key] = request
         if request.deadline <= time.time():
             message = f"request {request.request_id} reached its deadline before a worker took it"
-            self._queue_reply(stream, entry_id, reply_to.decode(), request, error=("deadline_exceeded", message))
+            self._queue_reply(
+                stream, entry_id, reply_to.decode(), request, error=("deadline_exceeded", message)
+            )
             return
         task = asyncio.create_task(self._answer(stream, entry_id, reply_to.decode(), request))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
@@ -259,53 +252,20 @@ class RedisWorker:
         payload = result.to_bytes()
         # keep retrying a write across a Redis blip while the gateway may still wait for it
         give_up_at = max(request.deadline, time.time()) + 5.0
-        self._replies.put_nowait(_Reply(stream, entry_id, reply_to, payload, give_up_at))
+        self._put_reply(Reply(stream, entry_id, reply_to, payload, give_up_at))
 
     # -- answering ----------------------------------------------------------------------------
 
-    async def _write_replies(self) -> None:
-        """Write replies in pipelines: whatever a finished batch queued goes in one round trip."""
-        backoff = 0.1
-        while True:
-            batch = [await self._replies.get()]
-            while not self._replies.empty():
-                batch.append(self._replies.get_nowait())
-            while batch:
-                try:
-                    await self._write(batch)
-                    batch = []
-                    backoff = 0.1
-                except (RedisError, OSError) as exc:
-                    now = time.time()
-                    batch = [r for r in batch if r.give_up_at > now]
-                    self._release([r for r in batch if r.give_up_at <= now])
-                    log.warning("cannot write %d replies (%s); retrying in %.1f s", len(batch), exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+    @property
+    def answered(self) -> int:
+        """Replies this worker wrote."""
+        return self._replies.answered if self._replies is not None else 0
 
-    async def _write(self, batch: list[_Reply]) -> None:
-        assert self._client is not None
-        async with self._client.pipeline(transaction=False) as pipe:
-            for reply in batch:
-                if reply.reply_to:
-                    args = [GROUP, reply.entry_id, reply.payload, 10_000, REPLY_TTL_MS]
-                    await self._reply_script(keys=[reply.stream, reply.reply_to], args=args, client=pipe)
-                else:  # an undecodable entry: acknowledge and delete, no reply possible
-                    pipe.xack(reply.stream, GROUP, reply.entry_id)
-                    pipe.xdel(reply.stream, reply.entry_id)
-            outcomes = await pipe.execute(raise_on_error=False)
-        for reply, outcome in zip(batch, outcomes, strict=False):
-            if isinstance(outcome, ResponseError):
-                log.warning("reply to %s dropped: %s", reply.reply_to, outcome)  # e.g. NOGROUP after data loss
-            elif isinstance(outcome, Exception):
-                raise outcome  # the connection broke mid-pipeline: retry the whole batch (replies are idempotent)
-            elif reply.reply_to and outcome == 1:
-                self.answered += 1
-            elif reply.reply_to:
-                self.duplicates_suppressed += 1
-        self._release(batch)
+    def _put_reply(self, reply: Reply) -> None:
+        assert self._replies is not None
+        self._replies.put(reply)
 
-    def _release(self, replies: list[_Reply]) -> None:
+    def _release(self, replies: list[Reply]) -> None:
         for reply in replies:
             self._in_flight.pop((reply.stream, reply.entry_id), None)
         if replies:
@@ -317,7 +277,7 @@ class RedisWorker:
         """Take over entries idle for claim_idle_ms (their worker died) and answer them."""
         interval = max(self.claim_idle_ms / 4000, 0.05)
         ticks = 0
-        while True:
+        while not self._stopping.is_set():
             await asyncio.sleep(interval)
             ticks += 1
             try:
@@ -357,7 +317,7 @@ class RedisWorker:
             assert payload is not None and reply_to is not None
             request = InferenceRequest.from_bytes(payload)
         except Exception:
-            self._replies.put_nowait(_Reply(stream, entry_id, "", b"", time.time()))
+            self._put_reply(Reply(stream, entry_id, "", b"", time.time()))
             return
         self._in_flight[(stream, entry_id)] = request
         message = f"request {request.request_id} was taken by {times} workers and none answered it; giving up"
@@ -374,7 +334,7 @@ class RedisWorker:
     # -- liveness and registry changes --------------------------------------------------------
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._beat()
             except (RedisError, OSError) as exc:
@@ -385,41 +345,33 @@ class RedisWorker:
         """What ``GET /v1/workers`` shows for this worker."""
         return {
             "id": self.worker_id,
+            "mode": "redis",
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "models": sorted(self.keys.model_of(s) for s in self._streams),
             "in_flight": len(self._in_flight),
             "answered": self.answered,
             "started_at": self.started_at,
-            "last_beat": time.time(),
+            "last_heartbeat": time.time(),
             **self.describe(),
         }
 
     async def _beat(self) -> None:
         assert self._client is not None
-        beat = self.heartbeat()
-        ttl_ms = int(3 * self.heartbeat_interval_s * 1000)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.worker(self.worker_id), json.dumps(beat), px=ttl_ms)
-            pipe.zadd(self.keys.workers, {self.worker_id: beat["last_beat"]})
-            # renew what this worker holds, so a batch longer than claim_idle_ms is not claimed from under it
-            held: dict[str, list[bytes]] = {}
-            for stream, entry_id in list(self._in_flight):
-                held.setdefault(stream, []).append(entry_id)
-            for stream, ids in held.items():
-                pipe.xclaim(stream, GROUP, self.worker_id, 0, ids, justid=True)
-            await pipe.execute(raise_on_error=False)
+        await write_heartbeat(
+            self._client, self.keys, self.heartbeat(), self.heartbeat_interval_s, list(self._in_flight)
+        )
 
     async def _listen_registry(self) -> None:
         """Reload on registry-change messages; re-subscribe after Redis comes back."""
         backoff = 0.1
-        while True:
+        while not self._stopping.is_set():
             assert self._client is not None
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.registry_channel)
                 backoff = 0.1
-                while True:
+                while not self._stopping.is_set():
                     message = await pubsub.get_message(timeout=self.block_ms / 1000)
                     if message is not None:
                         await self._registry_changed()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import health, inference, management, v2
+from service.routes import health, inference, management, v2, workers
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -12,4 +12,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     management.router,
     v2.router,
     v2.infer_router,
+    workers.router,
 )

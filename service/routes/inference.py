@@ -39,7 +39,7 @@ async def classify(
     """Classify one image: the raw body (image/png, image/jpeg, application/x-npy) or multipart ``file``."""
     started = time.perf_counter()
     state = get_state(request)
-    manifest = state.resolver.resolve(ref)
+    manifest = inference.resolve(state, request, ref)
     inference.check_kind(manifest, "image", f"POST /v1/models/{ref}/events")
     options = inference.check_options(manifest, time_steps, top_k, telemetry)
     data, content_type = await read_upload(request)
@@ -67,7 +67,7 @@ async def classify_events(
     """Classify one event recording (AEDAT4, N-MNIST .bin, structured .npy): raw body or multipart ``file``."""
     started = time.perf_counter()
     state = get_state(request)
-    manifest = state.resolver.resolve(ref)
+    manifest = inference.resolve(state, request, ref)
     inference.check_kind(manifest, "events", f"POST /v1/models/{ref}/classify")
     options = inference.check_options(manifest, time_steps, top_k, telemetry)
     data, content_type = await read_upload(request)

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from service import inference
 from service.auth import require_api_key
 from service.errors import BadRequestError
+from service.metrics import label_model
 from service.schemas import V2InferRequest
 from service.state import ServiceState, get_state
 from workers.errors import InvalidInputError, ModelNotFoundError
@@ -50,6 +51,12 @@ def _resolve(state: ServiceState, name: str, version: str | None) -> Any:
     if not version.isdigit():
         raise ModelNotFoundError(f"model {name!r} has no version {version!r}: versions are positive integers")
     return state.resolver.resolve(f"{name}:{int(version)}")
+
+
+def _resolve_for_inference(request: Request, state: ServiceState, name: str, version: str | None) -> Any:
+    manifest = _resolve(state, name, version)
+    label_model(request, manifest.name, manifest.version)
+    return manifest
 
 
 @router.get("/v2", name="v2_server_metadata")
@@ -133,7 +140,7 @@ async def infer_version(request: Request, name: str, version: str) -> dict[str, 
 
 async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
     state = get_state(request)
-    manifest = _resolve(state, name, version)
+    manifest = _resolve_for_inference(request, state, name, version)
     inference.check_kind(manifest, "image", f"POST /v1/models/{manifest.name}/events")
     body = await request.body()
     try:

@@ -8,12 +8,13 @@ compiled function as constants, one compiled function per combination. Each comb
 code object of its own: dynamo keeps its compiled variants per code object and, past a small
 limit (``torch._dynamo.config.recompile_limit``), silently runs the rest eagerly; one shared loop
 function guarded on its closure would reach that limit in a network with a few neuron configs.
-Shapes are dynamic from the first call (T stays static: the loop unrolls over it), so batch sizes
-and layer widths share one compilation.
+For inference, shapes are dynamic from the first call (T stays static: the loop unrolls over it),
+so batch sizes and layer widths share one compilation.
 """
 
 from __future__ import annotations
 
+import builtins
 import shutil
 import threading
 import types
@@ -45,6 +46,7 @@ class StaticParams:
     return_v: bool
     count_spikes: bool
     has_v_init: bool
+    differentiable: bool = False  # a graph with autograd (training) rather than inference
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -62,41 +64,52 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"inductor is not set up for {device.type} tensors here"
 
 
-def _loop_template(params: StaticParams) -> LoopFn:
-    def loop(
-        x: torch.Tensor, inv_tau: torch.Tensor | None, v_init: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        result = reference_multistep_lif(
-            x,
-            inv_tau=params.inv_tau if inv_tau is None else inv_tau,
-            v_threshold=params.v_threshold,
-            v_reset=params.v_reset,
-            decay_input=params.decay_input,
-            detach_reset=params.detach_reset,
-            surrogate_alpha=params.surrogate_alpha,
-            analog_output=params.analog_output,
-            v_init=v_init,
-            return_v=params.return_v,
-            count_spikes=params.count_spikes,
-        )
-        return result.out, result.v, result.spike_count
+# Each compiled copy of ``_loop`` reads its own ``STATIC`` from a globals dict of its own.
+STATIC: StaticParams | None = None
 
-    return loop
+
+def _loop(x: torch.Tensor, inv_tau: torch.Tensor | None, v_init: torch.Tensor | None) -> tuple:
+    """The loop that gets compiled; ``STATIC`` is a global of each compiled copy (see ``compiled_loop``)."""
+    result = reference_multistep_lif(
+        x,
+        inv_tau=STATIC.inv_tau if inv_tau is None else inv_tau,
+        v_threshold=STATIC.v_threshold,
+        v_reset=STATIC.v_reset,
+        decay_input=STATIC.decay_input,
+        detach_reset=STATIC.detach_reset,
+        surrogate_alpha=STATIC.surrogate_alpha,
+        analog_output=STATIC.analog_output,
+        v_init=v_init,
+        return_v=STATIC.return_v,
+        count_spikes=STATIC.count_spikes,
+    )
+    return result.out, result.v, result.spike_count
 
 
 def compiled_loop(params: StaticParams) -> LoopFn:
-    """The compiled loop for ``params``, built once per process."""
+    """The compiled loop for ``params``, built once per process.
+
+    Each combination is a copy of ``_loop`` with a code object and a globals dict of its own, its
+    params in the global ``STATIC``: a fresh code object gets its own dynamo cache (module
+    docstring), and params read from globals are constants to dynamo, where closure cells or
+    default arguments are not (dynamo then fails to trace the surrogate's backward).
+    """
     fn = _COMPILED.get(params)
     if fn is not None:
         return fn
     with _LOCK:
         fn = _COMPILED.get(params)
         if fn is None:
-            template = _loop_template(params)
-            # A fresh code object per combination: see the module docstring.
-            code = template.__code__.replace(co_name=f"lif_loop_{len(_COMPILED)}")
-            own = types.FunctionType(code, template.__globals__, code.co_name, None, template.__closure__)
-            fn = _COMPILED[params] = torch.compile(own, dynamic=True, fullgraph=True)
+            name = f"lif_loop_{len(_COMPILED)}"
+            code = _loop.__code__.replace(co_name=name)
+            scope = {"__builtins__": builtins, "reference_multistep_lif": reference_multistep_lif}
+            scope["STATIC"] = params
+            copy = types.FunctionType(code, scope, name)
+            # dynamic=True compiles once for every shape, but dynamo (2.13) cannot trace the
+            # surrogate's autograd.Function with shapes symbolic from the start; graphs with
+            # autograd start static and turn dynamic at the first new shape instead.
+            dynamic = None if params.differentiable else True
+            fn = _COMPILED[params] = torch.compile(copy, dynamic=dynamic, fullgraph=True)
     return fn
 
 
@@ -143,6 +156,12 @@ def multistep_lif_inductor(
         return_v=bool(return_v),
         count_spikes=bool(count_spikes),
         has_v_init=v_init is not None,
+        differentiable=torch.is_grad_enabled()
+        and (
+            x.requires_grad
+            or (tensor_tau and inv_tau.requires_grad)
+            or (v_init is not None and v_init.requires_grad)
+        ),
     )
     out, v, count = compiled_loop(params)(x, inv_tau if tensor_tau else None, v_init)
     return LIFResult(out=out, v=v, spike_count=count)

@@ -9,9 +9,12 @@ registered on the forward op, so training through the fused kernels needs nothin
 ``multistep_lif_triton`` is the entry point the dispatcher (``__init__.py``) calls; it takes the
 same keywords as ``reference.multistep_lif`` plus ``spike_dtype``.
 
-No ``from __future__ import annotations`` here: ``torch.library`` reads the annotations to infer
-each op's schema.
+No ``from __future__ import annotations`` here, and ``Optional`` rather than ``X | None``:
+``torch.library`` reads the annotations to infer each op's schema, and older torch releases (the
+GPU machines run 2.11) know only the ``typing`` spellings.
 """
+
+# ruff: noqa: UP045
 
 from typing import Any, Optional
 
@@ -206,6 +209,8 @@ def _inv_tau_tensor(inv_tau: float | torch.Tensor, x: torch.Tensor) -> torch.Ten
     if isinstance(inv_tau, torch.Tensor):
         return inv_tau if inv_tau.device == x.device else inv_tau.to(x.device)
     dtype = _compute_dtype(x.dtype)
+    if torch.compiler.is_compiling():  # a traced graph makes its own constant; the cache stays real
+        return torch.full((), float(inv_tau), dtype=dtype, device=x.device)
     key = (float(inv_tau), dtype, x.device)
     cached = _INV_TAU_CACHE.get(key)
     if cached is None:

@@ -78,7 +78,9 @@ def multistep_lif(
             h = v - (v - rest) * inv_tau + xf[t]
         spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
         if count_spikes:
-            step_count = spike.detach().sum(dim=-1, dtype=torch.int64) if spike.dim() > 1 else spike.detach().long()
+            step_count = (
+                spike.detach().sum(dim=-1, dtype=torch.int64) if spike.dim() > 1 else spike.detach().long()
+            )
             counts = step_count if counts is None else counts + step_count
         spike_for_reset = spike.detach() if detach_reset else spike
         if v_reset is None:

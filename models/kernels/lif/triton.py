@@ -31,6 +31,7 @@ import triton.language as tl
 
 # Programs of the interpreter run one after another in Python: fewer, wider blocks keep it fast.
 _INTERPRET_BLOCK = 1 << 14
+_MAX_GRID_Y = 65535  # CUDA's limit on the grid's second axis, one program row per sample
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -105,25 +106,20 @@ def _lif_fwd_kernel(
     for t in tl.static_range(T):
         # [BLOCK] input of step t
         b_x = tl.load(p_x_b + t * stride_xt, mask=m_f, other=0.0).to(COMPUTE)
-        if DECAY_INPUT:
+        # H[t], in the reference's order of operations (bit-exact in float32)
+        if DECAY_INPUT:  # noqa: SIM108  (one branch is compiled; a ternary would read worse)
             b_h = b_v + (b_x - (b_v - v_rest)) * b_k
         else:
             b_h = b_v - (b_v - v_rest) * b_k + b_x
         b_fire = b_h >= v_threshold
         o_out = (t * n_batch + i_b) * n_feat + o_f
-        if ANALOG:
-            b_out = tl.maximum(b_h, 0.0)
-        else:
-            b_out = b_fire.to(COMPUTE)
+        b_out = tl.maximum(b_h, 0.0) if ANALOG else b_fire.to(COMPUTE)
         tl.store(p_out + o_out, b_out.to(p_out.dtype.element_ty), mask=m_f)
         if STORE_H:
             tl.store(p_h + o_out, b_h, mask=m_f)
         if COUNT:
             b_count += (b_fire & m_f).to(tl.int32)
-        if SOFT_RESET:
-            b_v = b_h - v_threshold * b_fire.to(COMPUTE)
-        else:
-            b_v = tl.where(b_fire, v_rest, b_h)
+        b_v = b_h - v_threshold * b_fire.to(COMPUTE) if SOFT_RESET else tl.where(b_fire, v_rest, b_h)
     if STORE_V:
         tl.store(p_v_last + i_b * n_feat + o_f, b_v, mask=m_f)
     if COUNT:
@@ -182,16 +178,19 @@ def _lif_bwd_kernel(
     b_grad_k = tl.zeros([BLOCK], dtype=COMPUTE)
     # [BLOCK] H[T-1]; each step loads H[t-1] once and hands it on as the next step's H[t]
     b_h = tl.load(p_h + ((T - 1) * n_batch + i_b) * n_feat + o_f, mask=m_f, other=0.0)
+    # Both names live outside the branches below, so that the kernel compiles whether the
+    # compiler treats `t > 0` as a constant (unrolled loop) or as a run-time branch.
+    b_h_prev = b_h
+    b_v_prev = b_v0
     for i in tl.static_range(T):
         t = T - 1 - i
+        b_v_prev = b_v0
         if t > 0:
             b_h_prev = tl.load(p_h + ((t - 1) * n_batch + i_b) * n_feat + o_f, mask=m_f, other=0.0)
             if SOFT_RESET:
                 b_v_prev = b_h_prev - v_threshold * (b_h_prev >= v_threshold).to(COMPUTE)
             else:
                 b_v_prev = tl.where(b_h_prev >= v_threshold, v_rest, b_h_prev)
-        else:
-            b_v_prev = b_v0
         b_sig = tl.sigmoid(alpha * (b_h - v_threshold))
         b_surrogate = alpha * b_sig * (1.0 - b_sig)
         # dV[t]/dH[t] through the reset
@@ -205,12 +204,9 @@ def _lif_bwd_kernel(
             if not DETACH_RESET:
                 b_dv_dh += (v_rest - b_h) * b_surrogate
         # [BLOCK] dL/dout[t]
-        b_grad_out = tl.load(p_grad_out + t * stride_gt + i_b * stride_gb + o_f * stride_gf, mask=m_f, other=0.0)
-        b_grad_out = b_grad_out.to(COMPUTE)
-        if ANALOG:
-            b_grad_h = tl.where(b_h > 0.0, b_grad_out, 0.0)
-        else:
-            b_grad_h = b_grad_out * b_surrogate
+        p_grad_out_t = p_grad_out + t * stride_gt + i_b * stride_gb + o_f * stride_gf
+        b_grad_out = tl.load(p_grad_out_t, mask=m_f, other=0.0).to(COMPUTE)
+        b_grad_h = tl.where(b_h > 0.0, b_grad_out, 0.0) if ANALOG else b_grad_out * b_surrogate
         b_grad_h += b_carry * b_dv_dh
         o_x = (t * n_batch + i_b) * n_feat + o_f
         if DECAY_INPUT:
@@ -286,6 +282,8 @@ def lif_forward(
         if v_last is not None:
             v_last.copy_(v_init if v_init is not None else torch.full_like(v_last, _rest(v_reset)))
         return out, v_last, h, count
+    if batch > _MAX_GRID_Y:
+        raise ValueError(f"the LIF kernel runs at most {_MAX_GRID_Y} samples per launch, got B={batch}")
     if v_init is not None and tuple(v_init.shape) != (batch, features):
         raise ValueError(f"v_init must be [B, F] = {(batch, features)}, got {tuple(v_init.shape)}")
     cfg = config or LaunchConfig.for_features(features, x.element_size())

@@ -136,7 +136,12 @@ def test_real_valued_inputs_are_marked_analog() -> None:
     branch_convs = [m for s in da.stages for b in s.blocks for m in b.modules() if isinstance(m, SeqConv2d)]
     assert branch_convs and not any(conv.analog_input for conv in branch_convs)
     standard = tiny("danet_resnet50", connection="standard")
-    shortcuts = [b.shortcut[0] for s in standard.stages for b in s.blocks if isinstance(b.shortcut, torch.nn.Sequential)]
+    shortcuts = [
+        b.shortcut[0]
+        for s in standard.stages
+        for b in s.blocks
+        if isinstance(b.shortcut, torch.nn.Sequential)
+    ]
     assert len(shortcuts) == 4 and not any(conv.analog_input for conv in shortcuts)  # they see spikes
 
 

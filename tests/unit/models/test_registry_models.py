@@ -48,7 +48,9 @@ def arch_params() -> list[Any]:
     return params
 
 
-def build(arch: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def build(
+    arch: str, dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """The model in eval mode and two different inputs."""
     config, shape = small_case(arch)
     torch.manual_seed(0)
@@ -59,9 +61,20 @@ def build(arch: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Modul
     return model, x, other
 
 
-def test_the_registry_is_populated() -> None:
+DANETS = {
+    "danet_resnet18", "danet_resnet34", "danet_resnet50", "danet_resnet101", "danet_resnet152",
+    "danet_wide_resnet50_2", "danet_resnext50_32x4d", "danet_vgg11", "danet_vgg16",
+}  # fmt: skip
+
+
+def test_every_architecture_states_its_default_input() -> None:
     names = list_models()
-    assert len(names) >= 9 and all(name.startswith("danet_") or "_" in name for name in names)
+    assert DANETS.issubset(names)
+    for arch in names:
+        spec = default_input(arch)
+        assert spec["time_steps"] >= 1, arch
+        channels, height, width = spec["shape"]
+        assert channels in (1, 2, 3) and height > 0 and width > 0, arch
 
 
 @pytest.mark.parametrize("arch", arch_params())

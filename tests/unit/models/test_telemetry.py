@@ -81,7 +81,12 @@ def test_as_dict_carries_the_same_numbers() -> None:
         model(toy_input())
     summary = recorder.report()[0].as_dict()
     assert summary["spikes"] == 4 and summary["synaptic_ops"] == pytest.approx(6.0)
-    assert summary["layers"][1] == {"name": "lif2", "neurons": 3, "spikes": 2, "spike_rate": pytest.approx(1 / 3)}
+    assert summary["layers"][1] == {
+        "name": "lif2",
+        "neurons": 3,
+        "spikes": 2,
+        "spike_rate": pytest.approx(1 / 3),
+    }
     assert "layers" not in recorder.report()[0].as_dict(with_layers=False)
 
 
@@ -120,7 +125,10 @@ def test_recorders_in_concurrent_threads_do_not_mix() -> None:
             model(toy_input() * scale)
         results[name] = recorder.report()[0].spikes
 
-    threads = [threading.Thread(target=worker, args=("busy", 1.0)), threading.Thread(target=worker, args=("idle", 0.0))]
+    threads = [
+        threading.Thread(target=worker, args=("busy", 1.0)),
+        threading.Thread(target=worker, args=("idle", 0.0)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

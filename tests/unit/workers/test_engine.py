@@ -166,10 +166,10 @@ class _FragileNet(SpikingModel):
         return self.fc(self.flat(self.lif(self.conv(x)))).mean(0)
 
 
-if "test_fragile_net" not in list_models():
+if "fragile_net" not in list_models():
 
     @register_model
-    def test_fragile_net(**config: Any) -> nn.Module:
+    def fragile_net(**config: Any) -> nn.Module:
         return _FragileNet(**config)
 
 
@@ -179,7 +179,7 @@ def test_a_request_that_breaks_the_network_fails_alone(tmp_path: Path) -> None:
     engine = Engine(registry, backend="torch")
     manifest = registry.register(
         "fragile",
-        architecture="test_fragile_net",
+        architecture="fragile_net",
         config={},
         neuron=None,
         time_steps={"default": 2, "min": 1, "max": 4},

@@ -69,10 +69,18 @@ async def fake_heartbeat(prefix: str, worker_id: str, models: list[str]) -> None
     """A worker that says it serves ``models`` but reads nothing."""
     keys = StreamKeys(prefix)
     client = connect(REDIS_URL)
-    beat = {"id": worker_id, "models": models, "device": "cpu", "batches": 0, "last_beat": time.time()}
+    beat = {"id": worker_id, "models": models, "device": "cpu", "batches": 0, "last_heartbeat": time.time()}
     await client.set(keys.worker(worker_id), json.dumps(beat), px=60_000)
     await client.zadd(keys.workers, {worker_id: time.time()})
     await client.aclose()
+
+
+async def wait_ready(pool: RedisPool, timeout_s: float = 5.0) -> None:
+    """Until a worker's first heartbeat is seen."""
+    deadline = time.monotonic() + timeout_s
+    while not pool.is_ready():
+        assert time.monotonic() < deadline, "no worker became visible to the pool"
+        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:
@@ -83,15 +91,14 @@ def free_port() -> int:
 
 def test_concurrent_requests_are_each_answered_correctly(prefix):
     async def scenario():
-        worker = RedisWorker(REDIS_URL, fake_submit, models=lambda: ["m"], prefix=prefix, worker_id="w1", **FAST)
+        worker = RedisWorker(
+            REDIS_URL, fake_submit, models=lambda: ["m"], prefix=prefix, worker_id="w1", **FAST
+        )
         worker_task = asyncio.create_task(worker.run())
         pool = RedisPool(REDIS_URL, prefix=prefix, **FAST)
         await pool.start()
         try:
-            for _ in range(50):  # until the worker's first heartbeat is seen
-                if pool.is_ready():
-                    break
-                await asyncio.sleep(0.05)
+            await wait_ready(pool)
             requests = [make_request(i) for i in range(60)]
             results = await asyncio.gather(*(pool.submit(r) for r in requests))
             return requests, results, pool.describe_workers(), pool.queue_depth(), LIVE_WORKERS._value.get()
@@ -201,6 +208,7 @@ def test_error_reply_is_raised_as_its_typed_error(prefix):
         pool = RedisPool(REDIS_URL, prefix=prefix, **FAST)
         await pool.start()
         try:
+            await wait_ready(pool)
             with pytest.raises(errors.InvalidInputError) as raised:
                 await pool.submit(make_request(1))
             return raised.value

@@ -92,7 +92,9 @@ async def with_worker(worker: RedisWorker, body: Callable[[], Awaitable[object]]
 
 
 async def send(client, keys: StreamKeys, request: InferenceRequest, reply_to: str = "gw") -> bytes:
-    return await client.xadd(keys.requests(request.model_name), {"req": request.to_bytes(), "reply": keys.replies(reply_to)})
+    return await client.xadd(
+        keys.requests(request.model_name), {"req": request.to_bytes(), "reply": keys.replies(reply_to)}
+    )
 
 
 async def replies(client, keys: StreamKeys, count: int, reply_to: str = "gw", timeout_s: float = 5.0):
@@ -117,7 +119,11 @@ def test_reads_answers_and_deletes_each_request(keys):
                 await send(client, keys, make_request(i))
             results = await replies(client, keys, 20)
             await asyncio.sleep(0.1)
-            return results, await client.xlen(keys.requests("m")), (await client.xpending(keys.requests("m"), GROUP))
+            return (
+                results,
+                await client.xlen(keys.requests("m")),
+                (await client.xpending(keys.requests("m"), GROUP)),
+            )
 
         results, backlog, pending = await with_worker(worker, body)
         await client.aclose()
@@ -194,7 +200,9 @@ def test_takes_no_more_than_max_in_flight(keys):
         client = connect(REDIS_URL)
         gate = asyncio.Event()
         submit = Recorder(gate=gate)
-        worker = RedisWorker(REDIS_URL, submit, models=lambda: ["m"], prefix=keys.prefix, max_in_flight=3, **FAST)
+        worker = RedisWorker(
+            REDIS_URL, submit, models=lambda: ["m"], prefix=keys.prefix, max_in_flight=3, **FAST
+        )
 
         async def body():
             for i in range(10):
@@ -276,7 +284,12 @@ def test_registry_message_reloads_and_serves_new_models(keys):
             served.append("n")
 
         worker = RedisWorker(
-            REDIS_URL, Recorder(), models=lambda: list(served), prefix=keys.prefix, on_registry_change=reload, **FAST
+            REDIS_URL,
+            Recorder(),
+            models=lambda: list(served),
+            prefix=keys.prefix,
+            on_registry_change=reload,
+            **FAST,
         )
 
         async def body():
@@ -314,3 +327,28 @@ def test_recreates_its_consumer_group_when_redis_lost_the_stream(keys):
 
     results = asyncio.run(scenario())
     assert [r.request_id for r in results] == ["req-1", "req-2"]
+
+
+def test_an_undecodable_entry_is_dropped_and_the_next_one_served(keys):
+    async def scenario():
+        client = connect(REDIS_URL)
+        worker = RedisWorker(REDIS_URL, Recorder(), models=lambda: ["m"], prefix=keys.prefix, **FAST)
+
+        async def body():
+            await client.xadd(keys.requests("m"), {"req": b"\x00not msgpack", "reply": keys.replies("gw")})
+            await send(client, keys, make_request(5))
+            results = await replies(client, keys, 1)
+            await asyncio.sleep(0.2)
+            return (
+                results,
+                await client.xlen(keys.requests("m")),
+                await client.xpending(keys.requests("m"), GROUP),
+            )
+
+        results, backlog, pending = await with_worker(worker, body)
+        await client.aclose()
+        return results, backlog, pending
+
+    (result,), backlog, pending = asyncio.run(scenario())
+    assert result.request_id == "req-5"
+    assert backlog == 0 and pending["pending"] == 0

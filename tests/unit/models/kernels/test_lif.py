@@ -1,0 +1,97 @@
+"""models/kernels/lif/__init__.py: backend names, availability, and what ``auto`` chooses.
+
+The choice logic is tested with a stand-in timer (no compilation); one slow test lets ``auto``
+measure for real on this CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models.kernels.lif as lif
+from models.kernels.lif import (
+    BackendUnavailableError,
+    auto_timings,
+    available_backends,
+    multistep_lif,
+    resolve_backend,
+    set_auto_choice,
+)
+from models.kernels.lif.reference import multistep_lif as reference
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def forget_auto() -> None:
+    set_auto_choice(CPU, None)
+    yield
+    set_auto_choice(CPU, None)
+
+
+def test_unknown_backend_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown neuron backend 'cuda'"):
+        resolve_backend("cuda", CPU)
+
+
+def test_torch_is_always_available() -> None:
+    assert "torch" in available_backends(CPU)
+    assert resolve_backend("torch", CPU) == "torch"
+
+
+def test_pinned_auto_choice_is_used_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_auto_choice(CPU, "torch")
+    assert resolve_backend("auto", CPU) == "torch"
+    x = torch.randn(3, 2, 9)
+    assert torch.equal(multistep_lif(x, backend="auto", inv_tau=0.5).out, reference(x, inv_tau=0.5).out)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailableError):
+        set_auto_choice(CPU, "triton")
+    with pytest.raises(ValueError, match="concrete"):
+        set_auto_choice(CPU, "auto")
+
+
+def test_auto_takes_the_fastest_measured_backend_and_skips_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = {"torch": 3e-3, "inductor": 1e-3}
+
+    def fake_time(backend: str, x: torch.Tensor, repeats: int) -> float:
+        if backend == "inductor" and measured.get("fail"):
+            raise RuntimeError("compiler crashed")
+        return measured[backend]
+
+    monkeypatch.setattr(lif, "available_backends", lambda device: ["torch", "inductor"])
+    monkeypatch.setattr(lif, "_time_backend", fake_time)
+    assert resolve_backend("auto", CPU) == "inductor"
+    assert auto_timings(CPU) == {"torch": 3e-3, "inductor": 1e-3}
+    measured["torch"] = 1e-4  # cached: no second measurement
+    assert resolve_backend("auto", CPU) == "inductor"
+
+    set_auto_choice(CPU, None)
+    measured["fail"] = True
+    assert resolve_backend("auto", CPU) == "torch"
+    assert set(auto_timings(CPU)) == {"torch"}
+
+
+def test_auto_never_times_the_interpreter_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[str] = []
+    monkeypatch.setattr(lif, "available_backends", lambda device: ["torch", "triton"])
+    monkeypatch.setattr(lif, "_time_backend", lambda backend, x, repeats: timed.append(backend) or 1.0)
+    assert resolve_backend("auto", CPU) == "torch"
+    assert timed == ["torch"]
+
+
+def test_auto_cannot_be_measured_while_compiling() -> None:
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return multistep_lif(x, backend="auto", inv_tau=0.5).out
+
+    with pytest.raises(Exception, match="resolve the 'auto' neuron backend"):
+        torch.compile(network, fullgraph=True, backend="aot_eager")(torch.randn(2, 1, 3))
+
+
+@pytest.mark.slow
+def test_auto_measures_every_available_backend_on_this_cpu() -> None:
+    chosen = resolve_backend("auto", CPU)
+    timings = auto_timings(CPU)
+    assert set(timings) == set(available_backends(CPU)) - {"triton"}
+    assert chosen == min(timings, key=timings.__getitem__)
