@@ -114,7 +114,9 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     values = {}
     for name in ("spikeserve_batch_size_count", "spikeserve_batch_size_sum"):
         prefix = f'{name}{{model="{model}"}} '
-        values[name] = next((float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0)
+        values[name] = next(
+            (float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0.0
+        )
     return values["spikeserve_batch_size_count"], values["spikeserve_batch_size_sum"]
 
 
@@ -168,7 +170,9 @@ def measure(server: ServerProcess, model: str, body: bytes, telemetry: str, args
     path = f"/v1/models/{model}/classify?telemetry={telemetry}"
     headers = {"Content-Type": "image/png"}
     batches0, requests0 = batch_stats(server.url, model)
-    result = asyncio.run(run_load(server.url, path, body, headers, clients=args.clients, requests=args.requests))
+    result = asyncio.run(
+        run_load(server.url, path, body, headers, clients=args.clients, requests=args.requests)
+    )
     batches1, requests1 = batch_stats(server.url, model)
     mean_batch = (requests1 - requests0) / (batches1 - batches0) if batches1 > batches0 else float("nan")
     return Row(f"{telemetry}", result, mean_batch)
@@ -188,7 +192,9 @@ def median_row(name: str, rows: list[Row]) -> Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    print(f"| {'scenario':<38} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean batch':>10} | errors |")
+    print(
+        f"| {'scenario':<38} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean batch':>10} | errors |"
+    )
     print(f"|{'-' * 40}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 12}|--------|")
     for row in rows:
         r = row.result
@@ -216,9 +222,11 @@ def main() -> int:
         if args.torch_threads:
             env["SPIKESERVE_TORCH_THREADS"] = str(args.torch_threads)
         print(f"# spikeserve serving benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-        print(f"# machine: {platform.processor() or platform.machine()}, {_cpu_count()} CPUs, {platform.system()}")
+        machine = f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs, {platform.system()}"
+        print(f"# machine: {machine}")
         print(f"# model: {note}; input: {source}")
-        print(f"# load: {args.clients} concurrent clients, {args.requests} requests a round, {args.rounds} rounds")
+        load = f"{args.clients} concurrent clients, {args.requests} requests a round, {args.rounds} rounds"
+        print(f"# load: {load}")
 
         rounds: dict[str, list[Row]] = {"none": [], "layers": []}
         batched_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
@@ -228,19 +236,26 @@ def main() -> int:
                 for telemetry in ("none", "layers"):
                     rounds[telemetry].append(measure(server, model, body, telemetry, args))
         single: list[Row] = []
-        with ServerProcess(root, env={**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}, args=["--models", model]) as server:
+        with ServerProcess(
+            root, env={**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}, args=["--models", model]
+        ) as server:
             warm_up(server, model, body, args)
             for _ in range(max(1, args.rounds // 2)):
                 single.append(measure(server, model, body, "none", args))
 
     batched_none = median_row(f"batching on (max {args.max_batch_size}), telemetry none", rounds["none"])
-    batched_layers = median_row(f"batching on (max {args.max_batch_size}), telemetry layers", rounds["layers"])
+    batched_layers = median_row(
+        f"batching on (max {args.max_batch_size}), telemetry layers", rounds["layers"]
+    )
     unbatched = median_row("batching off (max 1), telemetry none", single)
     print()
     print_table([batched_none, batched_layers, unbatched])
     speedup = batched_none.result.rps / unbatched.result.rps
     telemetry_cost = 1.0 - batched_layers.result.rps / batched_none.result.rps
-    per_round = [1.0 - layers.result.rps / none.result.rps for none, layers in zip(rounds["none"], rounds["layers"])]
+    per_round = [
+        1.0 - layers.result.rps / none.result.rps
+        for none, layers in zip(rounds["none"], rounds["layers"], strict=True)
+    ]
     print()
     print(f"batching speed-up (req/s, on / off):           {speedup:.2f}x   (target >= 3x)")
     print(f"telemetry 'layers' cost (1 - layers / none):   {telemetry_cost * 100:+.1f}%  (target < 5%)")

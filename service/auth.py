@@ -63,7 +63,9 @@ def require_admin(request: Request) -> None:
     """FastAPI dependency of the management routes: a valid admin bearer token, else 401."""
     token = _bearer(request)
     if token is None:
-        raise AuthenticationError("management needs 'Authorization: Bearer <admin token>' (SPIKESERVE_ADMIN_TOKEN)")
+        raise AuthenticationError(
+            "management needs 'Authorization: Bearer <admin token>' (SPIKESERVE_ADMIN_TOKEN)"
+        )
     if not _matches(token, _credentials(request).admin_token):
         raise AuthenticationError("the admin token is not valid")
 
@@ -75,8 +77,10 @@ def require_api_key(request: Request) -> None:
         return
     given = request.headers.get("x-api-key") or _bearer(request)
     if given is None:
-        raise AuthenticationError("inference needs an API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'")
+        raise AuthenticationError(
+            "inference needs an API key: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'"
+        )
     accepted = (*credentials.api_keys, credentials.admin_token)
     # check every key, so the time taken does not say which prefix matched
-    if not any([_matches(given, key) for key in accepted]):  # noqa: C419
+    if not any([_matches(given, key) for key in accepted]):
         raise AuthenticationError("the API key is not valid")

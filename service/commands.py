@@ -32,7 +32,14 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--registry", "registry", Path, "registry folder (default ./zoo or $SPIKESERVE_REGISTRY)"),
     Flag("--device", "device", str, "cpu, cuda or cuda:N (default cpu)"),
     Flag("--backend", "neuron_backend", str, "neuron backend: auto, torch, triton or inductor"),
-    Flag("--models", "default_models", None, "models to load and warm up before ready (default: all)", "+", "REF"),
+    Flag(
+        "--models",
+        "default_models",
+        None,
+        "models to load and warm up before ready (default: all)",
+        "+",
+        "REF",
+    ),
     Flag("--max-batch-size", "max_batch_size", int, "largest batch (default 32)"),
     Flag("--max-delay-ms", "max_delay_ms", float, "longest wait for a batch to fill (default 5)"),
     Flag("--max-queue-size", "max_queue_size", int, "queued requests before 503 (default 1024)"),
@@ -58,7 +65,11 @@ def settings_from_args(args: argparse.Namespace, flags: list[Flag] | None = None
     """``Settings`` from the environment, with every flag that was given on top."""
     from service.settings import Settings
 
-    given = {f.field: getattr(args, f.field) for f in flags or SERVE_FLAGS if getattr(args, f.field, None) is not None}
+    given = {
+        f.field: getattr(args, f.field)
+        for f in flags or SERVE_FLAGS
+        if getattr(args, f.field, None) is not None
+    }
     return Settings(**given)
 
 
@@ -70,7 +81,9 @@ def add_commands(subparsers: Any) -> None:
     )
     add_serve_flags(parser)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
+    parser.add_argument(
+        "--access-log", action="store_true", help="log every request (off: it costs throughput)"
+    )
     parser.set_defaults(handler=run_serve)
 
 
@@ -79,10 +92,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
 
-    settings = settings_from_args(args)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:  # pydantic's ValidationError and pydantic-settings' SettingsError
+        print(f"spikeserve serve: invalid settings: {_one_line(exc)}", file=sys.stderr)
+        if "error parsing value" in str(exc):  # a list or dict setting given as plain text
+            print(
+                '  list and dict settings take JSON, e.g. SPIKESERVE_API_KEYS=\'["key-1", "key-2"]\'',
+                file=sys.stderr,
+            )
+        return 1
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if not Path(settings.registry).is_dir():
-        print(f"spikeserve serve: no registry folder at {settings.registry} (use --registry PATH)", file=sys.stderr)
+        print(
+            f"spikeserve serve: no registry folder at {settings.registry} (use --registry PATH)",
+            file=sys.stderr,
+        )
         return 1
     app = create_app(settings)
     uvicorn.run(
@@ -94,3 +121,11 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     return 0
+
+
+def _one_line(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errors())
+    cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+    return f"{exc}{cause}".replace("\n", " ")

@@ -53,7 +53,13 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
 }
-_CODE_BY_HTTP_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+_CODE_BY_HTTP_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+}
 DEFAULT_RETRY_AFTER_S = 1
 
 
@@ -81,7 +87,9 @@ def status_for(code: str) -> int:
     return STATUS_BY_CODE.get(code, 500)
 
 
-def error_response(path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """The JSON error answer for ``path`` (v1 shape, or the Open Inference Protocol's under /v2/)."""
     headers = dict(headers or {})
     if status == 503 and "Retry-After" not in headers:
@@ -131,7 +139,9 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(request.url.path, 500, "internal", "an internal error occurred; the server log has details")
+    return error_response(
+        request.url.path, 500, "internal", "an internal error occurred; the server log has details"
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

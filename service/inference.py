@@ -53,7 +53,9 @@ def check_options(manifest: Any, time_steps: int | None, top_k: int, telemetry: 
             f"time_steps={steps} is outside the range of {manifest.name}:{manifest.version}: "
             f"use {limits.min}..{limits.max} (default {limits.default})"
         )
-    return Options(time_steps=steps, top_k=max(1, min(top_k, len(manifest.labels) or top_k)), telemetry=telemetry)
+    return Options(
+        time_steps=steps, top_k=max(1, min(top_k, len(manifest.labels) or top_k)), telemetry=telemetry
+    )
 
 
 def check_kind(manifest: Any, kind: str, route_hint: str) -> None:

@@ -15,7 +15,9 @@ from workers.errors import PayloadTooLargeError
 
 
 def _too_large(limit: int) -> str:
-    return f"the request body is over the {limit:,}-byte limit (SPIKESERVE_MAX_BODY_BYTES); send a smaller file"
+    return (
+        f"the request body is over the {limit:,}-byte limit (SPIKESERVE_MAX_BODY_BYTES); send a smaller file"
+    )
 
 
 class BodyLimitMiddleware:

@@ -20,7 +20,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUESTS = Counter(
-    "spikeserve_requests", "Requests answered, by model, version, route and status.", ["model", "version", "route", "status"]
+    "spikeserve_requests",
+    "Requests answered, by model, version, route and status.",
+    ["model", "version", "route", "status"],
 )
 REQUEST_DURATION = Histogram(
     "spikeserve_request_duration_seconds",

@@ -51,11 +51,22 @@ class ServerProcess:
         self.log_path = Path(tempfile.mkstemp(prefix="spikeserve-server-", suffix=".log")[1])
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         command += ["--registry", str(self.registry), "--log-level", "warning", *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         self._wait_ready()
         return self
 
@@ -92,6 +103,8 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> Any:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> Any:
         self.stop()
         self.log_path.unlink(missing_ok=True)

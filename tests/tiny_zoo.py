@@ -38,7 +38,12 @@ IMAGE_INPUT: dict[str, Any] = {
     "mean": [0.1307],
     "std": [0.3081],
 }
-EVENTS_INPUT: dict[str, Any] = {"kind": "events", "sensor_width": 34, "sensor_height": 34, "binning": "time_bins"}
+EVENTS_INPUT: dict[str, Any] = {
+    "kind": "events",
+    "sensor_width": 34,
+    "sensor_height": 34,
+    "binning": "time_bins",
+}
 TIME_STEPS: dict[str, Any] = {"default": 4, "min": 1, "max": 8}
 
 

@@ -23,7 +23,12 @@ from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from workers.errors import BackendUnavailableError, DeadlineExceededError, InferenceFailedError, QueueFullError
+from workers.errors import (
+    BackendUnavailableError,
+    DeadlineExceededError,
+    InferenceFailedError,
+    QueueFullError,
+)
 from workers.protocol import InferenceRequest, InferenceResult
 
 log = logging.getLogger("spikeserve.batcher")
@@ -187,7 +192,9 @@ class Batcher:
             if waiting.future.done():  # timed out or abandoned by its client
                 continue
             if waiting.request.deadline <= now:
-                waiting.future.set_exception(DeadlineExceededError("the request's deadline passed in the queue"))
+                waiting.future.set_exception(
+                    DeadlineExceededError("the request's deadline passed in the queue")
+                )
                 continue
             batch.append(waiting)
         if not queue:
@@ -213,7 +220,9 @@ class Batcher:
             return
         finally:
             elapsed = time.perf_counter() - started
-            self._batch_seconds = elapsed if not self.batches_run else 0.8 * self._batch_seconds + 0.2 * elapsed
+            self._batch_seconds = (
+                elapsed if not self.batches_run else 0.8 * self._batch_seconds + 0.2 * elapsed
+            )
             self.batches_run += 1
         by_id = {result.request_id: result for result in results}
         for waiting in batch:
@@ -221,6 +230,8 @@ class Batcher:
                 continue
             result = by_id.get(waiting.request.request_id)
             if result is None:
-                waiting.future.set_exception(InferenceFailedError("the worker returned no result for the request"))
+                waiting.future.set_exception(
+                    InferenceFailedError("the worker returned no result for the request")
+                )
             else:
                 waiting.future.set_result(result)

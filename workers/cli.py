@@ -131,7 +131,7 @@ class _Served:
         return sorted(summary.name for summary in self.registry.list())
 
     def wanted_versions(self) -> set[tuple[str, int]]:
-        """Each served model's latest version and every version an alias points to."""
+        """Each served model's default version (what its bare name resolves to) and every alias target."""
         from registry.errors import ModelNotFoundError
 
         wanted = set()

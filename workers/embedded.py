@@ -37,7 +37,6 @@ class EmbeddedPool(WorkerPool):
         self._batcher: Batcher | None = None
         self._ready = False
         self._started_at = 0.0
-        self._loads: dict[tuple[str, int], asyncio.Future[None]] = {}
 
     @property
     def registry(self) -> Any:
@@ -83,18 +82,14 @@ class EmbeddedPool(WorkerPool):
             await self._batcher.stop()
 
     async def load_model(self, name: str, version: int) -> None:
-        """Load and warm up ``name:version`` off the event loop (once, however many callers ask)."""
+        """Load and warm up ``name:version`` off the event loop (the engine loads each version once,
+        however many callers ask at the same time)."""
         engine = self._require_engine()
-        key = (name, int(version))
-        if key in self._loads and not self._loads[key].done():
-            return await asyncio.shield(self._loads[key])
-        future: asyncio.Future[None] = asyncio.ensure_future(asyncio.to_thread(engine.ensure_loaded, *key))
-        self._loads[key] = future
-        try:
-            await asyncio.shield(future)
-        finally:
-            if future.done():
-                self._loads.pop(key, None)
+
+        def load() -> None:
+            engine.ensure_loaded(name, version)
+
+        await asyncio.to_thread(load)
 
     def unload_model(self, name: str, version: int) -> bool:
         """Drop a loaded version (after it was deleted from the registry)."""
@@ -129,6 +124,7 @@ class EmbeddedPool(WorkerPool):
                 "mode": "embedded",
                 "device": self.settings.device,
                 "models": [f"{name}:{version}" for name, version in self._engine.loaded()],
+                "optimizations": self._engine.optimizations(),
                 "batches": self._batcher.batches_run if self._batcher is not None else 0,
                 "queue_depth": self.queue_depth(),
                 "started_at": self._started_at,

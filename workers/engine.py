@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
+from models.optimize import InferenceModel, optimize_for_inference
 from registry import errors as registry_errors
 from workers import metrics
 from workers.errors import InvalidInputError, SpikeserveError
@@ -35,14 +36,23 @@ from workers.protocol import InferenceRequest, InferenceResult, Prediction
 log = logging.getLogger("spikeserve.engine")
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
 @dataclass
 class LoadedModel:
-    """A network ready to run. ``sample_shape`` is one sample's step input: (C, H, W)."""
+    """A network ready to run. ``sample_shape`` is one sample's step input: (C, H, W).
+
+    ``module`` is the network (reset it, record its telemetry); ``forward`` runs it, through
+    ``models.optimize.InferenceModel`` (BN folded, bf16 and CUDA graphs on a GPU) when optimised.
+    """
 
     manifest: Any  # registry.manifest.Manifest
     module: nn.Module
+    forward: Forward
     sample_shape: tuple[int, int, int]
     kind: str  # "image" | "events"
+    optimized: str = ""  # what optimize_for_inference did, for the log and /v1/workers
 
 
 def _sample_shape(manifest: Any) -> tuple[int, int, int]:
@@ -83,7 +93,10 @@ class Engine:
 
     ``registry``: a ``registry.Registry``. ``device``: "cpu", "cuda" or "cuda:N". ``backend``: the
     neuron backend (torch, triton, inductor or auto). Up to ``max_models`` versions stay loaded;
-    the least recently used one is dropped beyond that.
+    the least recently used one is dropped beyond that. ``optimize``: prepare each network with
+    ``models.optimize.optimize_for_inference`` (BN folding everywhere; on a GPU also bf16 and CUDA
+    graphs per batch-size bucket, captured at load time); a network it cannot prepare is served as
+    loaded, with a warning.
     """
 
     def __init__(
@@ -94,12 +107,14 @@ class Engine:
         worker_id: str = "embedded",
         *,
         max_models: int = 16,
+        optimize: bool = True,
     ) -> None:
         self.registry = registry
         self.device = torch.device(device)
         self.backend = backend
         self.worker_id = worker_id
         self.max_models = max_models
+        self.optimize = optimize
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards _models; loads happen outside it
         self._loading: dict[tuple[str, int], threading.Lock] = {}
@@ -132,27 +147,60 @@ class Engine:
 
     def _load(self, name: str, version: int) -> LoadedModel:
         started = time.perf_counter()
-        manifest, module = self.registry.load(f"{name}:{version}", device=str(self.device))
-        module.eval()
-        set_streaming(module, False)  # each forward starts from rest
-        set_backend(module, self.backend)
-        loaded = LoadedModel(manifest, module, _sample_shape(manifest), manifest.input.kind)
+        ref = f"{name}:{version}"
+        manifest, module = self.registry.load(ref, device=str(self.device))
+        loaded = None
+        if self.optimize:
+            try:
+                loaded = self._optimized(manifest, module)
+            except Exception as exc:  # a network optimize cannot handle still serves, as loaded
+                log.warning("optimize_for_inference failed for %s (%s); serving it unoptimised", ref, exc)
+                manifest, module = self.registry.load(ref, device=str(self.device))  # a clean copy
+        if loaded is None:
+            module.eval()
+            set_streaming(module, False)
+            set_backend(module, self.backend)
+            loaded = LoadedModel(manifest, module, module, _sample_shape(manifest), manifest.input.kind)
+            self._warm_up(loaded)
+        log.info(
+            "loaded %s on %s in %.2f s%s",
+            ref,
+            self.device,
+            time.perf_counter() - started,
+            f" ({loaded.optimized})" if loaded.optimized else "",
+        )
+        return loaded
+
+    def _optimized(self, manifest: Any, module: nn.Module) -> LoadedModel:
+        set_streaming(module, False)  # each forward starts from rest (and CUDA graphs need it)
+        runner = optimize_for_inference(module, self.device, backend=self.backend)
+        report = runner.report
+        summary = (
+            f"{report.dtype}, neuron backend {report.neuron_backend}, "
+            f"{len(report.folded_batchnorms)} BN folded, CUDA graphs {'on' if report.cuda_graphs else 'off'}"
+        )
+        loaded = LoadedModel(
+            manifest, runner.model, runner, _sample_shape(manifest), manifest.input.kind, optimized=summary
+        )
         self._warm_up(loaded)
-        log.info("loaded %s:%d on %s in %.2f s", name, version, self.device, time.perf_counter() - started)
         return loaded
 
     def _warm_up(self, loaded: LoadedModel) -> None:
-        """One forward with and one without telemetry, so the first request pays no start-up cost."""
+        """Run the network before the first request pays for it: one forward with and one without
+        telemetry; on a GPU, every batch-size bucket (CUDA graphs are captured here)."""
         steps = loaded.manifest.time_steps.default
-        x = torch.zeros((steps, 1, *loaded.sample_shape), device=self.device)
-        with torch.inference_mode():
-            try:
-                loaded.module(x)
+        try:
+            if isinstance(loaded.forward, InferenceModel) and loaded.forward.report.cuda_graphs:
+                loaded.forward.warm_up(steps, loaded.sample_shape)
+                return
+            x = torch.zeros((steps, 1, *loaded.sample_shape), device=self.device)
+            with torch.inference_mode():
+                loaded.forward(x)
                 with telemetry.record(loaded.module) as recorder:
-                    loaded.module(x)
+                    loaded.forward(x)
                 recorder.report()
-            finally:
-                reset_state(loaded.module)
+        finally:
+            reset_state(loaded.module)
 
     def unload(self, name: str, version: int) -> bool:
         """Forget ``name:version`` (after it was deleted from the registry). True if it was loaded."""
@@ -163,6 +211,11 @@ class Engine:
 
     def is_loaded(self, name: str, version: int) -> bool:
         return (name, int(version)) in self._models
+
+    def optimizations(self) -> dict[str, str]:
+        """``name:version`` -> what optimize_for_inference did to it ("" when served as loaded)."""
+        with self._lock:
+            return {f"{name}:{version}": loaded.optimized for (name, version), loaded in self._models.items()}
 
     def loaded(self) -> list[tuple[str, int]]:
         """The (name, version) pairs loaded now, least recently used first."""
@@ -224,7 +277,8 @@ class Engine:
         limits = manifest.time_steps
         if not limits.min <= request.time_steps <= limits.max:
             raise InvalidInputError(
-                f"time_steps={request.time_steps} is outside {manifest.name}'s range {limits.min}..{limits.max}"
+                f"time_steps={request.time_steps} is outside the range of {manifest.name}: "
+                f"{limits.min}..{limits.max}"
             )
         if request.kind != loaded.kind:
             raise InvalidInputError(f"{manifest.name} takes {loaded.kind} input, not {request.kind}")
@@ -265,10 +319,10 @@ class Engine:
             with torch.inference_mode():
                 if want_telemetry:
                     with telemetry.record(model) as recorder:
-                        logits = model(x)
+                        logits = loaded.forward(x)
                     samples = [sample.as_dict(with_layers=True) for sample in recorder.report()]
                 else:
-                    logits = model(x)
+                    logits = loaded.forward(x)
                 probabilities = torch.softmax(logits.float(), dim=-1)
                 top_k = min(max(request.top_k for request in requests), probabilities.shape[-1])
                 top_p, top_i = torch.topk(probabilities, k=max(top_k, 1), dim=-1)
@@ -281,7 +335,9 @@ class Engine:
             name, self.worker_id, len(requests), compute_s, (started_wall - r.enqueued_at for r in requests)
         )
         if samples:
-            metrics.observe_telemetry(name, [samples[i] for i, r in enumerate(requests) if r.telemetry != "none"])
+            metrics.observe_telemetry(
+                name, [samples[i] for i, r in enumerate(requests) if r.telemetry != "none"]
+            )
         if self.device.type == "cuda":
             metrics.set_gpu_memory(str(self.device), torch.cuda.memory_allocated(self.device))
         labels = loaded.manifest.labels

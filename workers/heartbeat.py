@@ -36,7 +36,7 @@ async def write_heartbeat(
     entries' idle time, so a batch that runs longer than the claim timeout is not taken over by
     another worker while this one is alive and still working on it.
     """
-    by_stream: dict[str, list[bytes]] = {}
+    by_stream: dict[str, list[Any]] = {}
     for stream, entry_id in held:
         by_stream.setdefault(stream, []).append(entry_id)
     async with client.pipeline(transaction=False) as pipe:
@@ -60,7 +60,7 @@ async def read_live_workers(
 ) -> list[dict[str, Any]]:
     """Beats of the workers heard from within ``BEATS_TO_DEATH`` intervals, sorted by id."""
     now = time.time()
-    ids = await client.zrangebyscore(keys.workers, now - BEATS_TO_DEATH * interval_s, "+inf")
+    ids: Any = await client.zrangebyscore(keys.workers, now - BEATS_TO_DEATH * interval_s, "+inf")
     beats = await client.mget([keys.worker(i.decode()) for i in ids]) if ids else []
     await client.zremrangebyscore(keys.workers, "-inf", now - FORGET_AFTER_S)
     workers = []

@@ -76,7 +76,9 @@ class _LayerLabels:
 LAYER_LABELS = _LayerLabels()
 
 
-def observe_batch(model: str, worker_id: str, batch_size: int, compute_s: float, queue_s: Iterable[float]) -> None:
+def observe_batch(
+    model: str, worker_id: str, batch_size: int, compute_s: float, queue_s: Iterable[float]
+) -> None:
     """One batch ran: its size, its compute time, and how long each of its requests queued."""
     BATCH_SIZE.labels(model).observe(batch_size)
     COMPUTE_DURATION.labels(model).observe(compute_s)

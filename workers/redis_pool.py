@@ -89,6 +89,7 @@ class RedisPool(WorkerPool):
         self._workers: list[dict[str, Any]] = []
         self._workers_known = False  # False until one refresh succeeded: do not refuse on an empty cache
         self._refreshed_at = 0.0
+        self._refresh_lock = asyncio.Lock()
         self._redis_ok = False
         self._last_reply_id = b"0-0"
         self._published_generation: int | None = None
@@ -195,8 +196,9 @@ class RedisPool(WorkerPool):
         """Refuse at once, rather than after the deadline, when no live worker reads the model's stream."""
         if not self._workers_known or self._served(model):
             return
-        if time.monotonic() - self._refreshed_at > 0.25:  # a worker may have started since the last look
-            await self._refresh()
+        async with self._refresh_lock:  # one look at a time, however many requests ask
+            if time.monotonic() - self._refreshed_at > 0.25:  # a worker may have started since the last look
+                await self._refresh()
         if self._workers_known and not self._served(model):
             live = len(self._workers)
             raise errors.BackendUnavailableError(
@@ -213,7 +215,7 @@ class RedisPool(WorkerPool):
         while not self._closing:
             assert self._reader is not None
             try:
-                response = await self._reader.xread(
+                response: Any = await self._reader.xread(
                     {self.reply_stream: self._last_reply_id}, count=512, block=self._block_ms
                 )
                 backoff = 0.1

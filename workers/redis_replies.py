@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -82,7 +83,7 @@ class ReplyWriter:
             for reply in batch:
                 positions.append(len(pipe))
                 if reply.reply_to:
-                    args = [GROUP, reply.entry_id, reply.payload, REPLY_MAXLEN, REPLY_TTL_MS]
+                    args: list[Any] = [GROUP, reply.entry_id, reply.payload, REPLY_MAXLEN, REPLY_TTL_MS]
                     pipe.evalsha(self._sha, 2, reply.stream, reply.reply_to, *args)
                 else:
                     pipe.xack(reply.stream, GROUP, reply.entry_id)

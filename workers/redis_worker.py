@@ -159,7 +159,7 @@ class RedisWorker:
                 continue
             try:
                 await self._ensure_groups()
-                response = await reader.xreadgroup(
+                response: Any = await reader.xreadgroup(
                     GROUP, self.worker_id, dict.fromkeys(self._streams, ">"), count=room, block=self.block_ms
                 )
                 backoff = 0.1
@@ -302,8 +302,8 @@ class RedisWorker:
         for entry_id, fields in entries:
             if fields is None:
                 continue
-            delivered = await self._client.xpending_range(stream, GROUP, entry_id, entry_id, 1)
-            times = delivered[0]["times_delivered"] if delivered else 0
+            delivered: Any = await self._client.xpending_range(stream, GROUP, entry_id, entry_id, 1)
+            times = int(delivered[0]["times_delivered"]) if delivered else 0
             if times > self.max_deliveries:
                 self._give_up(stream, entry_id, fields, times)
                 continue

@@ -25,7 +25,11 @@ async def readyz(request: Request) -> Response:
     state = get_state(request)
     if state.startup_error is not None:
         return error_response(
-            "/readyz", 503, "unavailable", f"the worker failed to start: {state.startup_error}", {"Retry-After": "30"}
+            "/readyz",
+            503,
+            "unavailable",
+            f"the worker failed to start: {state.startup_error}",
+            {"Retry-After": "30"},
         )
     if not state.pool.is_ready():
         return error_response("/readyz", 503, "unavailable", "loading and warming up the default models")

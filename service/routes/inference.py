@@ -57,14 +57,16 @@ async def classify_events(
     time_steps: int | None = TimeStepsQuery,
     top_k: int = TopKQuery,
     telemetry: TelemetryQuery = TelemetryLevelQuery,
-    format: str | None = Query(  # noqa: A002  (the public query name)
+    format: str | None = Query(
         None, description="aedat4 | nmnist | npy | aedat3 | aedat2 (default: content type, then magic bytes)"
     ),
     fit: Literal["crop", "scale"] | None = Query(
         None, description="crop or scale a larger sensor to the model's (default: refuse with 422)"
     ),
 ) -> dict[str, Any]:
-    """Classify one event recording (AEDAT4, N-MNIST .bin, structured .npy): raw body or multipart ``file``."""
+    """Classify one event recording (AEDAT4, N-MNIST .bin, structured .npy): raw body or multipart ``file``.
+
+    The format comes from ``format``, else the content type, else the file's magic bytes."""
     started = time.perf_counter()
     state = get_state(request)
     manifest = inference.resolve(state, request, ref)

@@ -75,7 +75,9 @@ async def upload_model(request: Request) -> JSONResponse:
     try:
         weights = form.get("weights")
         if not isinstance(weights, UploadFile):
-            raise BadRequestError("upload the weights as a multipart file field named 'weights' (.safetensors)")
+            raise BadRequestError(
+                "upload the weights as a multipart file field named 'weights' (.safetensors)"
+            )
         raw_manifest = form.get("manifest")
         if raw_manifest is None:
             raise BadRequestError("upload the manifest as a multipart field named 'manifest' (JSON)")
@@ -121,7 +123,9 @@ async def _check_loads(state: ServiceState, manifest: Any) -> None:
         await load(manifest.name, manifest.version)
     except Exception as exc:
         reason = getattr(exc, "message", None) or str(exc)
-        await anyio.to_thread.run_sync(lambda: state.registry.delete_version(manifest.name, manifest.version, True))
+        await anyio.to_thread.run_sync(
+            lambda: state.registry.delete_version(manifest.name, manifest.version, True)
+        )
         raise InvalidInputError(
             f"{manifest.name}:{manifest.version} does not load ({reason}); the version was removed"
         ) from None

@@ -15,7 +15,8 @@ Model versions are strings in this protocol; ``{name}`` alone resolves like ``/v
 from __future__ import annotations
 
 import asyncio
-from importlib.metadata import PackageNotFoundError, version as package_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 import anyio
@@ -84,7 +85,9 @@ def _metadata(state: ServiceState, manifest: Any) -> dict[str, Any]:
     spec = manifest.input
     versions = [str(m.version) for m in state.registry.versions(manifest.name)]
     if spec.kind == "image":
-        inputs = [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, spec.channels, spec.height, spec.width]}]
+        inputs = [
+            {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, spec.channels, spec.height, spec.width]}
+        ]
     else:  # event recordings go to /v1/models/{name}/events; the tensor protocol has no event layout
         inputs = []
     return {
@@ -156,7 +159,9 @@ async def _infer(request: Request, name: str, version: str | None) -> dict[str, 
     # each image is its own request; the batcher puts them back together
     results = await asyncio.gather(
         *(
-            inference.run(state, request, manifest, "image", image, options, f"{rid}/{i}" if len(images) > 1 else rid)
+            inference.run(
+                state, request, manifest, "image", image, options, f"{rid}/{i}" if len(images) > 1 else rid
+            )
             for i, image in enumerate(images)
         )
     )
@@ -217,17 +222,19 @@ def _images(payload: V2InferRequest, manifest: Any) -> list[np.ndarray]:
     if shape == expected:
         shape = (1, *expected)
     if len(shape) != 4 or shape[1:] != expected or shape[0] < 1:
+        dims = ", ".join(map(str, expected))
         raise InvalidInputError(
             f"input '{INPUT_NAME}' has shape {list(tensor.shape)}; {manifest.name} takes "
-            f"[{', '.join(map(str, expected))}] or [B, {', '.join(map(str, expected))}] (C, H, W), values in [0, 1]"
+            f"[{dims}] or [B, {dims}] (C, H, W), values in [0, 1]"
         )
     try:
         flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"input '{INPUT_NAME}' data is not a list of numbers: {exc}") from None
-    if flat.size != int(np.prod(shape)):
+    needed = int(np.prod(shape))
+    if flat.size != needed:
         raise InvalidInputError(
-            f"input '{INPUT_NAME}' holds {flat.size} values but its shape {list(tensor.shape)} needs {int(np.prod(shape))}"
+            f"input '{INPUT_NAME}' holds {flat.size} values but its shape {list(tensor.shape)} needs {needed}"
         )
     if not np.isfinite(flat).all():
         raise InvalidInputError(f"input '{INPUT_NAME}' holds NaN or infinite values")

@@ -25,6 +25,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "SPIKESERVE_MAX_BODY_BYTES": str(E2E_MAX_BODY_BYTES),
         "SPIKESERVE_MAX_DELAY_MS": "20",
         "SPIKESERVE_TORCH_THREADS": "1",
+        "SPIKESERVE_NEURON_BACKEND": "torch",  # "auto" times torch.compile at start-up: minutes here
     }
     with ServerProcess(root, env=env) as process:
         yield process

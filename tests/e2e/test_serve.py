@@ -96,7 +96,9 @@ def test_management_needs_the_token_and_an_alias_move_is_live(client: httpx.Clie
     version = created.json()["version"]
     before = client.post(f"{CLASSIFY}?top_k=10", content=png(2), headers={"content-type": "image/png"}).json()
     assert before["model"]["version"] == 1
-    moved = client.put(f"/v1/models/{IMAGE_MODEL}/aliases/production", headers=ADMIN, json={"version": version})
+    moved = client.put(
+        f"/v1/models/{IMAGE_MODEL}/aliases/production", headers=ADMIN, json={"version": version}
+    )
     assert moved.status_code == 200
     after = client.post(f"{CLASSIFY}?top_k=10", content=png(2), headers={"content-type": "image/png"}).json()
     assert after["model"]["version"] == version
@@ -112,7 +114,13 @@ BAD_INPUTS = [
     (CLASSIFY, b"\x89PNG\r\n\x1a\n" + b"\0" * 40, {"content-type": "image/png"}, 400, "undecodable_input"),
     (CLASSIFY, b"<html></html>", {"content-type": "text/html"}, 415, "unsupported_media_type"),
     (CLASSIFY, png(0, size=3000), {"content-type": "image/png"}, 413, "payload_too_large"),
-    (EVENTS, b"#!AER-DAT4.0\r\n" + b"\xff" * 64, {"content-type": "application/octet-stream"}, 400, "undecodable_input"),
+    (
+        EVENTS,
+        b"#!AER-DAT4.0\r\n" + b"\xff" * 64,
+        {"content-type": "application/octet-stream"},
+        400,
+        "undecodable_input",
+    ),
     (EVENTS, npy(recording()[:0]), NPY, 422, "invalid_input"),
     (EVENTS, npy(recording()[::-1].copy()), NPY, 422, "invalid_input"),
 ]
@@ -158,10 +166,14 @@ def _metric(text: str, name: str, model: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: ServerProcess, client: httpx.Client) -> None:
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    server: ServerProcess, client: httpx.Client
+) -> None:
     bodies = [png(100 + i) for i in range(16)]
-    alone = [probabilities(client.post(f"{CLASSIFY}?top_k=10", content=b, headers={"content-type": "image/png"}).json())
-             for b in bodies]  # fmt: skip
+    png_type = {"content-type": "image/png"}
+    alone = [
+        probabilities(client.post(f"{CLASSIFY}?top_k=10", content=b, headers=png_type).json()) for b in bodies
+    ]
     metrics = client.get("/metrics").text
     count0 = _metric(metrics, "spikeserve_batch_size_count", IMAGE_MODEL)
     sum0 = _metric(metrics, "spikeserve_batch_size_sum", IMAGE_MODEL)
@@ -169,7 +181,10 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server: Se
     async def burst() -> list[dict]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
             responses = await asyncio.gather(
-                *(http.post(f"{CLASSIFY}?top_k=10", content=b, headers={"content-type": "image/png"}) for b in bodies)
+                *(
+                    http.post(f"{CLASSIFY}?top_k=10", content=b, headers={"content-type": "image/png"})
+                    for b in bodies
+                )
             )
         return [r.json() for r in responses]
 
@@ -187,7 +202,10 @@ def test_metrics_and_probes(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     text = client.get("/metrics").text
-    assert 'spikeserve_requests_total{model="tiny-danet",route="/v1/models/{ref}/classify",status="200",version="1"}' in text
+    assert (
+        'spikeserve_requests_total{model="tiny-danet",route="/v1/models/{ref}/classify",status="200",version="1"}'
+        in text
+    )
 
 
 def test_a_server_without_a_token_prints_one_once(tmp_path: Path) -> None:
@@ -196,7 +214,9 @@ def test_a_server_without_a_token_prints_one_once(tmp_path: Path) -> None:
         assert log.count("management API token") == 1
         token = log.split("management API token for this run:\n", 1)[1].split()[0]
         with httpx.Client(base_url=process.url) as http:
-            assert http.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).json() == {"models": []}
+            assert http.get("/v1/models", headers={"Authorization": f"Bearer {token}"}).json() == {
+                "models": []
+            }
             assert http.get("/v1/models").status_code == 401
 
 

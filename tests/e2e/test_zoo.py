@@ -55,7 +55,9 @@ def test_held_out_mnist_digits_are_classified_correctly(client: httpx.Client) ->
     for image, label in zip(images[:20], labels[:20], strict=True):
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(image)).save(buffer, format="PNG")
-        answer = client.post(f"/v1/models/{DANET}/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
+        answer = client.post(
+            f"/v1/models/{DANET}/classify", content=buffer.getvalue(), headers={"content-type": "image/png"}
+        )
         assert answer.status_code == 200, answer.text
         correct += answer.json()["predictions"][0]["label"] == str(int(label))
     assert correct >= 18, f"{correct}/20 held-out digits right; the checkpoint claims >= 98%"
@@ -79,7 +81,9 @@ def test_the_real_dvxplorer_recording_needs_fit(client: httpx.Client, shared_dat
     message = refused.json()["error"]["message"]
     assert "320" in message and "240" in message and "34" in message
     for fit in ("crop", "scale"):
-        fitted = client.post(f"{url}?fit={fit}", content=data, headers={"content-type": "application/octet-stream"})
+        fitted = client.post(
+            f"{url}?fit={fit}", content=data, headers={"content-type": "application/octet-stream"}
+        )
         assert fitted.status_code == 200, fitted.text
         warnings = " ".join(fitted.json()["warnings"]).lower()
         assert "imu" in warnings or "stream" in warnings  # the other streams were ignored, and said so

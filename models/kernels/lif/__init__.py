@@ -5,8 +5,9 @@
   or CPU tensors when triton was imported with TRITON_INTERPRET=1 (the tests' way).
 - ``inductor``: the reference loop compiled by ``torch.compile`` (``inductor.py``).
 - ``auto``: the backend measured fastest on the tensor's device, among those that run there.
-  The measurement (a few runs of a fixed LIF workload per backend, compilation included once) is
-  done on the first ``auto`` call for a device and cached for the process; ``auto_timings`` shows it.
+  The measurement (a fixed LIF layer, each backend warmed up and compiled, then timed in
+  interleaved rounds) runs on the first ``auto`` call for a device and is cached for the
+  process; ``auto_timings`` shows it, ``set_auto_choice`` pins it.
 
 An explicit backend that cannot run raises ``BackendUnavailableError``; it never falls back.
 """
@@ -142,24 +143,46 @@ def _auto_workload(device: torch.device) -> tuple[torch.Tensor, int]:
     if device.type == "cuda":
         x = torch.randn((4, 16, 1 << 18), generator=generator).to(device=device, dtype=torch.bfloat16)
         return x, 20
-    return torch.randn((4, 4, 1 << 16), generator=generator).to(device), 10
+    return torch.randn((4, 4, 1 << 16), generator=generator).to(device), 20
 
 
-def _time_backend(backend: str, x: torch.Tensor, repeats: int) -> float:
-    """Fastest of ``repeats`` runs, in seconds: on a shared machine the minimum is the run that
-    other processes disturbed least, which is what a comparison between backends needs."""
-    params = {"inv_tau": 0.5, "count_spikes": True}
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+_AUTO_PARAMS = {"inv_tau": 0.5, "count_spikes": True}  # a default LIF layer with telemetry on
+
+
+def _warm_up(backend: str, x: torch.Tensor) -> None:
     for _ in range(3):  # compile (and recompile for inference mode), warm caches
-        _run_backend(backend, x, params)
-    sync()
-    samples = []
+        _run_backend(backend, x, _AUTO_PARAMS)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def _time_once(backend: str, x: torch.Tensor) -> float:
+    start = time.perf_counter()
+    _run_backend(backend, x, _AUTO_PARAMS)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def _time_backends(backends: list[str], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` runs per backend, in seconds; a backend that fails is left out.
+
+    Rounds interleave the backends, so that a burst of load from other processes lands on all of
+    them alike; the minimum is the run such load disturbed least. (On an oversubscribed CPU an
+    OpenMP kernel can run 100x slower than alone: comparing at different moments would mislead.)
+    """
+    ready = []
+    for backend in backends:
+        try:
+            _warm_up(backend, x)
+            ready.append(backend)
+        except Exception as exc:  # a compiler missing or failing: auto skips it, loudly
+            log.warning("auto neuron backend: %s failed on %s and is skipped: %s", backend, x.device, exc)
+    best = dict.fromkeys(ready, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        _run_backend(backend, x, params)
-        sync()
-        samples.append(time.perf_counter() - start)
-    return min(samples)
+        for backend in ready:
+            best[backend] = min(best[backend], _time_once(backend, x))
+    return best
 
 
 def _measure_auto(device: torch.device) -> str:
@@ -173,13 +196,8 @@ def _measure_auto(device: torch.device) -> str:
         if device.type == "cpu" and "triton" in candidates:
             candidates.remove("triton")  # the interpreter is a correctness tool, never a fast path
         x, repeats = _auto_workload(device)
-        timings: dict[str, float] = {}
         with torch.inference_mode():
-            for backend in candidates:
-                try:
-                    timings[backend] = _time_backend(backend, x, repeats)
-                except Exception as exc:  # a compiler missing or failing: auto skips it, loudly
-                    log.warning("auto neuron backend: %s failed on %s and is skipped: %s", backend, key, exc)
+            timings = _time_backends(candidates, x, repeats)
         chosen = min(timings, key=timings.__getitem__) if timings else "torch"
         _AUTO_TIMINGS[key] = timings
         _AUTO_CHOICE[key] = chosen

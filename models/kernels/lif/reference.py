@@ -78,9 +78,9 @@ def multistep_lif(
             h = v - (v - rest) * inv_tau + xf[t]
         spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
         if count_spikes:
-            step_count = (
-                spike.detach().sum(dim=-1, dtype=torch.int64) if spike.dim() > 1 else spike.detach().long()
-            )
+            # sum in the compute dtype (exact for counts below 2**24 per row), then widen the [B]
+            # result: summing with dtype=int64 converts the whole [B, F] tensor first (10x slower)
+            step_count = (spike.detach().sum(dim=-1) if spike.dim() > 1 else spike.detach()).to(torch.int64)
             counts = step_count if counts is None else counts + step_count
         spike_for_reset = spike.detach() if detach_reset else spike
         if v_reset is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -194,11 +196,9 @@ def test_vgg_stages_follow_the_stem() -> None:
 
 def test_da_rejects_a_stage_whose_later_block_reshapes() -> None:
     bad = resnet_plan("basic", (2,), base_width=8)[0]
-    from dataclasses import replace
-
-    widened = replace(bad, blocks=(bad.blocks[0], (replace(bad.blocks[1][0], stride=2), bad.blocks[1][1])))
+    strided = replace(bad, blocks=(bad.blocks[0], (replace(bad.blocks[1][0], stride=2), bad.blocks[1][1])))
     with pytest.raises(ValueError, match="only its first block"):
-        Stage(widened, "dense_additive", LIF)
+        Stage(strided, "dense_additive", LIF)
 
 
 @pytest.mark.parametrize(

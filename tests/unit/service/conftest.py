@@ -27,7 +27,7 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def serving(tiny_root: Path) -> Iterator[TestClient]:
     """The real gateway and embedded worker on the tiny registry (read-only: do not write to it)."""
-    settings = Settings(registry=tiny_root, admin_token=ADMIN, max_delay_ms=2.0)
+    settings = Settings(registry=tiny_root, admin_token=ADMIN, max_delay_ms=2.0, neuron_backend="torch")
     with make_client(settings) as client:
         wait_ready(client)
         yield client
@@ -38,5 +38,3 @@ def static_app(tiny_root: Path) -> Iterator[tuple[TestClient, StaticPool]]:
     pool = StaticPool()
     with make_client(Settings(registry=tiny_root, admin_token=ADMIN), pool=pool) as client:
         yield client, pool
-
-

@@ -29,7 +29,9 @@ def test_management_needs_the_admin_token(static_app) -> None:  # type: ignore[n
     assert client.post("/v1/models").status_code == 401
 
 
-def test_a_generated_token_is_printed_once_and_works(tiny_root: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_generated_token_is_printed_once_and_works(
+    tiny_root: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     with make_client(Settings(registry=tiny_root, admin_token=None), pool=StaticPool()) as client:
         printed = capfd.readouterr().err
         assert printed.count("management API token") == 1
@@ -61,11 +63,20 @@ def test_api_keys_guard_inference_only(tiny_root: Path) -> None:
         assert refused.status_code == 401 and "X-API-Key" in refused.json()["error"]["message"]
         assert client.post(url, content=IMAGE, headers={**NPY, "X-API-Key": "wrong"}).status_code == 401
         assert client.post(url, content=IMAGE, headers={**NPY, "X-API-Key": "key-two"}).status_code == 200
-        assert client.post(url, content=IMAGE, headers={**NPY, "Authorization": "Bearer key-one"}).status_code == 200
-        assert client.post(url, content=IMAGE, headers={**NPY, "Authorization": f"Bearer {ADMIN}"}).status_code == 200
+        assert (
+            client.post(url, content=IMAGE, headers={**NPY, "Authorization": "Bearer key-one"}).status_code
+            == 200
+        )
+        assert (
+            client.post(url, content=IMAGE, headers={**NPY, "Authorization": f"Bearer {ADMIN}"}).status_code
+            == 200
+        )
         v2 = {"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}
         assert client.post("/v2/models/tiny-danet/infer", json=v2).status_code == 401
-        assert client.post("/v2/models/tiny-danet/infer", json=v2, headers={"X-API-Key": "key-one"}).status_code == 200
+        assert (
+            client.post("/v2/models/tiny-danet/infer", json=v2, headers={"X-API-Key": "key-one"}).status_code
+            == 200
+        )
         # probes, metrics and metadata stay open
         for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/models/tiny-danet"):
             assert client.get(path).status_code == 200, path

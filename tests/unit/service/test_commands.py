@@ -13,7 +13,18 @@ from service.commands import SERVE_FLAGS, Flag, add_serve_flags, run_serve, sett
 
 def test_serve_is_a_subcommand_with_its_flags() -> None:
     args = build_parser().parse_args(
-        ["serve", "--port", "9123", "--registry", "somewhere", "--models", "a", "b:2", "--max-batch-size", "16"]
+        [
+            "serve",
+            "--port",
+            "9123",
+            "--registry",
+            "somewhere",
+            "--models",
+            "a",
+            "b:2",
+            "--max-batch-size",
+            "16",
+        ]
     )
     settings = settings_from_args(args)
     assert settings.port == 9123
@@ -44,3 +55,12 @@ def test_a_missing_registry_folder_fails_clearly(tmp_path: Path, capsys: pytest.
     args = build_parser().parse_args(["serve", "--registry", str(tmp_path / "absent")])
     assert run_serve(args) == 1
     assert "no registry folder" in capsys.readouterr().err
+
+
+def test_invalid_settings_fail_in_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SPIKESERVE_API_KEYS", "key-1,key-2")  # not JSON
+    assert run_serve(build_parser().parse_args(["serve", "--registry", str(tmp_path)])) == 1
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "api_keys" in err and "JSON" in err

@@ -56,7 +56,9 @@ def test_each_error_answers_its_status_and_json_shape(cls: type) -> None:
 
 
 def test_known_statuses() -> None:
-    assert {code: STATUS_BY_CODE[code] for code in ("queue_full", "deadline_exceeded", "model_not_found")} == {
+    assert {
+        code: STATUS_BY_CODE[code] for code in ("queue_full", "deadline_exceeded", "model_not_found")
+    } == {
         "queue_full": 503,
         "deadline_exceeded": 504,
         "model_not_found": 404,

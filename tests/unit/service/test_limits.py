@@ -15,7 +15,9 @@ from service.limits import BodyLimitMiddleware
 from service.settings import Settings
 
 
-def _call(app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, dict[str, Any], int]:
+def _call(
+    app: Any, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, dict[str, Any], int]:
     """Drive ``app`` as a server would; returns (status, JSON body, chunks the app pulled)."""
     pulled = 0
     sent: list[Message] = []

@@ -25,14 +25,25 @@ def test_requests_are_counted_by_model_version_route_and_status(static_app) -> N
     timed_before = value("spikeserve_request_duration_seconds_count", model="tiny-danet", route=ROUTE)
     image = npy_bytes(np.zeros((1, 28, 28), np.float32))
     assert client.post("/v1/models/tiny-danet/classify", content=image, headers=NPY).status_code == 200
-    assert client.post("/v1/models/tiny-danet/classify?time_steps=64", content=image, headers=NPY).status_code == 422
+    assert (
+        client.post("/v1/models/tiny-danet/classify?time_steps=64", content=image, headers=NPY).status_code
+        == 422
+    )
     assert client.post("/v1/models/no-such-model/classify", content=image, headers=NPY).status_code == 404
     assert value("spikeserve_requests_total", **ok_labels, status="200") == ok_before + 1
     assert value("spikeserve_requests_total", **ok_labels, status="422") == bad_before + 1
     # an unknown name does not become a label value: the label set stays bounded
-    assert value("spikeserve_requests_total", model="", version="", route=ROUTE, status="404") == unknown_before + 1
-    assert value("spikeserve_requests_total", model="no-such-model", version="", route=ROUTE, status="404") == 0
-    assert value("spikeserve_request_duration_seconds_count", model="tiny-danet", route=ROUTE) == timed_before + 2
+    assert (
+        value("spikeserve_requests_total", model="", version="", route=ROUTE, status="404")
+        == unknown_before + 1
+    )
+    assert (
+        value("spikeserve_requests_total", model="no-such-model", version="", route=ROUTE, status="404") == 0
+    )
+    assert (
+        value("spikeserve_request_duration_seconds_count", model="tiny-danet", route=ROUTE)
+        == timed_before + 2
+    )
 
 
 def test_unmatched_paths_and_probes_are_not_counted(static_app) -> None:  # type: ignore[no-untyped-def]

@@ -25,8 +25,8 @@ def digit(seed: int = 0) -> np.ndarray:
 
 def recording(n: int = 300, size: int = 34, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return make_events(rng.integers(0, size, n), rng.integers(0, size, n), np.sort(rng.integers(0, 90_000, n)),
-                       rng.integers(0, 2, n))  # fmt: skip
+    t = np.sort(rng.integers(0, 90_000, n))
+    return make_events(rng.integers(0, size, n), rng.integers(0, size, n), t, rng.integers(0, 2, n))
 
 
 def error_of(response: Any) -> tuple[int, str, str]:
@@ -38,7 +38,15 @@ def test_classify_answers_the_documented_shape(serving: TestClient) -> None:
     response = serving.post(f"{CLASSIFY}?telemetry=layers&top_k=3", content=npy_bytes(digit()), headers=NPY)
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert set(answer) >= {"request_id", "model", "time_steps", "predictions", "telemetry", "timing_ms", "warnings"}
+    assert set(answer) >= {
+        "request_id",
+        "model",
+        "time_steps",
+        "predictions",
+        "telemetry",
+        "timing_ms",
+        "warnings",
+    }
     assert answer["model"] == {"name": "tiny-danet", "version": 1}
     assert answer["time_steps"] == 4
     assert len(answer["predictions"]) == 3
@@ -52,7 +60,9 @@ def test_classify_answers_the_documented_shape(serving: TestClient) -> None:
 
 def test_options_time_steps_top_k_telemetry_and_request_id(serving: TestClient) -> None:
     headers = {**NPY, "X-Request-ID": "client-id-42"}
-    answer = serving.post(f"{CLASSIFY}?time_steps=2&top_k=50&telemetry=none", content=npy_bytes(digit()), headers=headers)
+    answer = serving.post(
+        f"{CLASSIFY}?time_steps=2&top_k=50&telemetry=none", content=npy_bytes(digit()), headers=headers
+    )
     body = answer.json()
     assert body["request_id"] == "client-id-42"
     assert body["time_steps"] == 2
@@ -83,7 +93,9 @@ def test_events_from_npy_raw_and_multipart(serving: TestClient) -> None:
     assert raw.status_code == 200, raw.text
     assert raw.json()["model"] == {"name": "tiny-spikeformer", "version": 1}
     assert raw.json()["telemetry"]["layers"]
-    multipart = serving.post(f"{EVENTS}?format=npy", files={"file": ("rec.npy", data, "application/octet-stream")})
+    multipart = serving.post(
+        f"{EVENTS}?format=npy", files={"file": ("rec.npy", data, "application/octet-stream")}
+    )
     assert multipart.status_code == 200, multipart.text
     assert multipart.json()["predictions"] == raw.json()["predictions"]
 
@@ -109,7 +121,14 @@ def test_events_from_a_larger_sensor_need_fit(serving: TestClient) -> None:
         (f"{CLASSIFY}?time_steps=0", b"x", NPY, 422, "invalid_request", "time_steps"),
         (f"{CLASSIFY}?top_k=0", b"x", NPY, 422, "invalid_request", "top_k"),
         (f"{CLASSIFY}?telemetry=verbose", b"x", NPY, 422, "invalid_request", "telemetry"),
-        (CLASSIFY, b"\x89PNG\r\n\x1a\nbroken", {"content-type": "image/png"}, 400, "undecodable_input", "PNG"),
+        (
+            CLASSIFY,
+            b"\x89PNG\r\n\x1a\nbroken",
+            {"content-type": "image/png"},
+            400,
+            "undecodable_input",
+            "PNG",
+        ),
         (CLASSIFY, b"hello", {"content-type": "text/plain"}, 415, "unsupported_media_type", "image/png"),
         (CLASSIFY, b"", {"content-type": "image/png"}, 400, "undecodable_input", ""),
         (CLASSIFY, npy_bytes(np.zeros((1, 1, 1, 28, 28), np.float32)), NPY, 422, "invalid_input", "shape"),
@@ -124,7 +143,13 @@ def test_events_from_a_larger_sensor_need_fit(serving: TestClient) -> None:
     ],
 )
 def test_bad_input_gets_its_status_and_the_server_still_answers(
-    serving: TestClient, path: str, body: bytes, headers: dict[str, str], status: int, code: str, in_message: str
+    serving: TestClient,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+    in_message: str,
 ) -> None:
     got_status, got_code, message = error_of(serving.post(path, content=body, headers=headers))
     assert (got_status, got_code) == (status, code), message
@@ -150,7 +175,10 @@ def test_limits_on_pixels_and_events(tiny_root: Path) -> None:
 def test_worker_errors_keep_their_status(tiny_root: Path) -> None:
     from workers.errors import DeadlineExceededError, QueueFullError
 
-    for error, status in ((QueueFullError("full", retry_after_s=4), 503), (DeadlineExceededError("late"), 504)):
+    for error, status in (
+        (QueueFullError("full", retry_after_s=4), 503),
+        (DeadlineExceededError("late"), 504),
+    ):
         with make_client(Settings(registry=tiny_root), pool=StaticPool(error=error)) as client:
             response = client.post(CLASSIFY, content=npy_bytes(digit()), headers=NPY)
             assert response.status_code == status
@@ -162,6 +190,8 @@ def test_same_input_same_answer_whatever_came_before(serving: TestClient) -> Non
     probe = npy_bytes(digit(11))
     first = serving.post(f"{CLASSIFY}?top_k=10", content=probe, headers=NPY).json()["predictions"]
     for _ in range(3):
-        assert serving.post(CLASSIFY, content=npy_bytes(np.ones((1, 28, 28), np.float32)), headers=NPY).is_success
+        assert serving.post(
+            CLASSIFY, content=npy_bytes(np.ones((1, 28, 28), np.float32)), headers=NPY
+        ).is_success
     again = serving.post(f"{CLASSIFY}?top_k=10", content=probe, headers=NPY).json()["predictions"]
     assert first == again

@@ -13,7 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import save as save_safetensors
 from service_support import ADMIN, make_client, npy_bytes, wait_ready
-from tiny_zoo import DANET_CONFIG, IMAGE_INPUT, IMAGE_MODEL, LABELS, TIME_STEPS, _state_dict, build_tiny_registry
+from tiny_zoo import (
+    DANET_CONFIG,
+    IMAGE_INPUT,
+    IMAGE_MODEL,
+    LABELS,
+    TIME_STEPS,
+    _state_dict,
+    build_tiny_registry,
+)
 
 from service.settings import Settings
 
@@ -25,7 +33,7 @@ NPY = {"content-type": "application/x-npy"}
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = Path(tmp_path_factory.mktemp("managed-registry"))
     build_tiny_registry(root)
-    with make_client(Settings(registry=root, admin_token=ADMIN, default_models=[IMAGE_MODEL])) as test_client:
+    with make_client(Settings(registry=root, admin_token=ADMIN, default_models=[IMAGE_MODEL], neuron_backend="torch")) as test_client:
         wait_ready(test_client)
         yield test_client
 
@@ -84,7 +92,9 @@ def test_upload_then_move_the_alias_live_then_delete(client: TestClient) -> None
 
     in_use = client.delete(f"/v1/models/{IMAGE_MODEL}/versions/2", headers=AUTH)
     assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "version_in_use"
-    assert client.put(f"/v1/models/{IMAGE_MODEL}/aliases/production", headers=AUTH, json={"version": 1}).is_success
+    assert client.put(
+        f"/v1/models/{IMAGE_MODEL}/aliases/production", headers=AUTH, json={"version": 1}
+    ).is_success
     assert client.delete(f"/v1/models/{IMAGE_MODEL}/aliases/staging", headers=AUTH).json()["aliases"] == {
         "production": 1
     }
@@ -95,7 +105,9 @@ def test_upload_then_move_the_alias_live_then_delete(client: TestClient) -> None
 
 def test_weights_that_do_not_fit_are_refused_and_not_kept(client: TestClient) -> None:
     def versions() -> list[int]:
-        return [v["version"] for v in client.get(f"/v1/models/{IMAGE_MODEL}", headers=AUTH).json()["versions"]]
+        return [
+            v["version"] for v in client.get(f"/v1/models/{IMAGE_MODEL}", headers=AUTH).json()["versions"]
+        ]
 
     before = versions()
     wrong = save_safetensors(_state_dict("danet_resnet18", {**DANET_CONFIG, "base_width": 4}, seed=0))
@@ -112,7 +124,12 @@ def test_weights_that_do_not_fit_are_refused_and_not_kept(client: TestClient) ->
         ({"weights": ("w", b"xx")}, {}, 400, "bad_request"),
         ({"weights": ("w", b"xx")}, {"manifest": "not json"}, 422, "invalid_input"),
         ({"weights": ("w", b"xx")}, {"manifest": json.dumps({"name": "x"})}, 422, "invalid_input"),
-        ({"weights": ("w", b"not safetensors")}, {"manifest": json.dumps(manifest_fields())}, 422, "invalid_weights"),
+        (
+            {"weights": ("w", b"not safetensors")},
+            {"manifest": json.dumps(manifest_fields())},
+            422,
+            "invalid_weights",
+        ),
         (
             {"weights": ("w", b"xx")},
             {"manifest": json.dumps(manifest_fields(name="../escape"))},
@@ -121,7 +138,9 @@ def test_weights_that_do_not_fit_are_refused_and_not_kept(client: TestClient) ->
         ),
     ],
 )
-def test_bad_uploads(client: TestClient, files: dict[str, Any], data: dict[str, str], status: int, code: str) -> None:
+def test_bad_uploads(
+    client: TestClient, files: dict[str, Any], data: dict[str, str], status: int, code: str
+) -> None:
     response = client.post("/v1/models", headers=AUTH, files=files or {"other": ("x", b"")}, data=data)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
 

@@ -88,7 +88,9 @@ def test_bad_infer_requests(serving: TestClient, body: dict[str, Any], status: i
 
 
 def test_malformed_json_unknown_model_and_event_models(serving: TestClient) -> None:
-    bad_json = serving.post("/v2/models/tiny-danet/infer", content=b"{not json", headers={"content-type": "application/json"})
+    bad_json = serving.post(
+        "/v2/models/tiny-danet/infer", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert bad_json.status_code == 400 and isinstance(bad_json.json()["error"], str)
     unknown = serving.post("/v2/models/nope/infer", json={"inputs": [tensor([1, 28, 28])]})
     assert unknown.status_code == 404

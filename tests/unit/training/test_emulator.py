@@ -36,7 +36,7 @@ def test_output_is_a_sorted_event_array_on_the_34x34_sensor(recording) -> None:
     assert 1_000 < len(recording) < 12_000  # N-MNIST digits have a few thousand events
     assert recording["x"].max() < 34 and recording["y"].max() < 34
     assert np.all(np.diff(recording["t"]) >= 0)
-    assert 0 <= recording["t"][0] and recording["t"][-1] <= EmulatorConfig().duration_us
+    assert recording["t"][0] >= 0 and recording["t"][-1] <= EmulatorConfig().duration_us
     assert set(np.unique(recording["p"])) == {0, 1}
     assert 0.35 < recording["p"].mean() < 0.65  # the camera comes back: ON and OFF balance
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -83,4 +84,4 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert factor(55) == pytest.approx(0.505)
     assert factor(100) == pytest.approx(0.01)
     values = [factor(s) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from workers.batcher import Batcher
-from workers.errors import BackendUnavailableError, DeadlineExceededError, InferenceFailedError, QueueFullError
+from workers.errors import (
+    BackendUnavailableError,
+    DeadlineExceededError,
+    InferenceFailedError,
+    QueueFullError,
+)
 from workers.protocol import InferenceRequest, InferenceResult
 
 
@@ -60,7 +65,10 @@ class Recorder:
 
 def make_batcher(run_batch: Recorder, size: int = 8, delay_ms: float = 20.0, queue: int = 100) -> Batcher:
     return Batcher(
-        run_batch, max_batch_size_for=lambda _m: size, max_delay_ms_for=lambda _m: delay_ms, max_queue_size=queue
+        run_batch,
+        max_batch_size_for=lambda _m: size,
+        max_delay_ms_for=lambda _m: delay_ms,
+        max_queue_size=queue,
     )
 
 
@@ -103,7 +111,12 @@ def test_different_models_and_time_steps_never_share_a_batch() -> None:
     batcher = make_batcher(run, size=16, delay_ms=30)
 
     async def body() -> list[InferenceResult]:
-        requests = [make_request(0, "a"), make_request(1, "b"), make_request(2, "a", steps=8), make_request(3, "a")]
+        requests = [
+            make_request(0, "a"),
+            make_request(1, "b"),
+            make_request(2, "a", steps=8),
+            make_request(3, "a"),
+        ]
         return await asyncio.gather(*(batcher.submit(r) for r in requests))
 
     asyncio.run(_with_batcher(batcher, body))

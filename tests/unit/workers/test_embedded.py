@@ -32,7 +32,13 @@ def test_importing_the_pool_does_not_import_torch() -> None:
 
 
 def test_start_loads_defaults_then_batches_concurrent_requests(tiny_registry: Any) -> None:
-    settings = Settings(registry=tiny_registry.root, default_models=[IMAGE_MODEL], max_delay_ms=50, max_batch_size=8)
+    settings = Settings(
+        registry=tiny_registry.root,
+        default_models=[IMAGE_MODEL],
+        max_delay_ms=50,
+        max_batch_size=8,
+        neuron_backend="torch",  # "auto" would first time the backends (torch.compile: slow here)
+    )
     pool = EmbeddedPool(settings, registry=tiny_registry)
 
     async def body() -> list[Any]:
@@ -58,7 +64,7 @@ def test_other_versions_load_on_first_request_and_describe_workers(tmp_path: Any
     registry = Registry(tmp_path)
     register_danet(registry, seed=0)
     register_danet(registry, seed=1)
-    pool = EmbeddedPool(Settings(registry=tmp_path, default_models=[f"{IMAGE_MODEL}:1"]), registry=registry)
+    pool = EmbeddedPool(Settings(registry=tmp_path, default_models=[f"{IMAGE_MODEL}:1"], neuron_backend="torch"), registry=registry)
 
     async def body() -> Any:
         await pool.start()

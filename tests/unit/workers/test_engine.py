@@ -197,6 +197,17 @@ def test_a_request_that_breaks_the_network_fails_alone(tmp_path: Path) -> None:
     assert results[2].error == ("inference_failed", "input value over 1000")
 
 
+def test_optimised_and_plain_engines_agree(tiny_registry: Any, engine: Engine) -> None:
+    plain = Engine(tiny_registry, backend="torch", optimize=False)
+    batch = [image(i, scale=2.0) for i in range(3)]
+    optimised = engine.run_batch([request(a) for a in batch])
+    reference = plain.run_batch([request(a) for a in batch])
+    for ours, theirs in zip(optimised, reference, strict=True):
+        np.testing.assert_allclose(ours.probabilities, theirs.probabilities, rtol=1e-4, atol=1e-5)
+    assert "BN folded" in engine.optimizations()[f"{IMAGE_MODEL}:1"]
+    assert plain.optimizations()[f"{IMAGE_MODEL}:1"] == ""
+
+
 def test_loaded_models_are_cached_and_can_be_unloaded(tiny_registry: Any) -> None:
     engine = Engine(tiny_registry, backend="torch", max_models=1)
     first = engine.ensure_loaded(IMAGE_MODEL, 1)

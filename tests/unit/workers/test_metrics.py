@@ -13,7 +13,13 @@ def value(name: str, **labels: str) -> float:
 
 def test_layer_labels_are_bounded_per_model() -> None:
     labels = metrics._LayerLabels(limit=2)
-    assert [labels.label("m", name) for name in ("a", "b", "c", "d", "a")] == ["a", "b", "other", "other", "a"]
+    assert [labels.label("m", name) for name in ("a", "b", "c", "d", "a")] == [
+        "a",
+        "b",
+        "other",
+        "other",
+        "a",
+    ]
     assert labels.label("n", "c") == "c"  # each model has its own budget
 
 
@@ -25,7 +31,12 @@ def test_default_bound_is_64_layers() -> None:
 
 def test_observe_telemetry_adds_spikes_sops_and_joules() -> None:
     samples = [
-        {"spikes": 10, "synaptic_ops": 100.0, "energy_uj": 2.0, "layers": [{"name": "l1", "spike_rate": 0.25}]},
+        {
+            "spikes": 10,
+            "synaptic_ops": 100.0,
+            "energy_uj": 2.0,
+            "layers": [{"name": "l1", "spike_rate": 0.25}],
+        },
         {"spikes": 5, "synaptic_ops": 50.0, "energy_uj": 1.0, "layers": [{"name": "l1", "spike_rate": 0.75}]},
     ]
     before = {

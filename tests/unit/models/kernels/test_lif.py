@@ -54,31 +54,43 @@ def test_pinned_auto_choice_is_used_and_checked(monkeypatch: pytest.MonkeyPatch)
 
 def test_auto_takes_the_fastest_measured_backend_and_skips_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     measured = {"torch": 3e-3, "inductor": 1e-3}
+    failing: set[str] = set()
 
-    def fake_time(backend: str, x: torch.Tensor, repeats: int) -> float:
-        if backend == "inductor" and measured.get("fail"):
+    def warm_up(backend: str, x: torch.Tensor) -> None:
+        if backend in failing:
             raise RuntimeError("compiler crashed")
-        return measured[backend]
 
     monkeypatch.setattr(lif, "available_backends", lambda device: ["torch", "inductor"])
-    monkeypatch.setattr(lif, "_time_backend", fake_time)
+    monkeypatch.setattr(lif, "_warm_up", warm_up)
+    monkeypatch.setattr(lif, "_time_once", lambda backend, x: measured[backend])
     assert resolve_backend("auto", CPU) == "inductor"
     assert auto_timings(CPU) == {"torch": 3e-3, "inductor": 1e-3}
     measured["torch"] = 1e-4  # cached: no second measurement
     assert resolve_backend("auto", CPU) == "inductor"
 
     set_auto_choice(CPU, None)
-    measured["fail"] = True
+    failing.add("inductor")
     assert resolve_backend("auto", CPU) == "torch"
     assert set(auto_timings(CPU)) == {"torch"}
+
+
+def test_auto_interleaves_its_rounds_and_keeps_each_backends_fastest(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    samples = {"torch": iter([5.0, 1.0, 9.0]), "inductor": iter([2.0, 3.0, 4.0])}
+    monkeypatch.setattr(lif, "_warm_up", lambda backend, x: None)
+    monkeypatch.setattr(lif, "_time_once", lambda backend, x: calls.append(backend) or next(samples[backend]))
+    timings = lif._time_backends(["torch", "inductor"], torch.zeros(1), repeats=3)
+    assert calls == ["torch", "inductor"] * 3
+    assert timings == {"torch": 1.0, "inductor": 2.0}
 
 
 def test_auto_never_times_the_interpreter_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     timed: list[str] = []
     monkeypatch.setattr(lif, "available_backends", lambda device: ["torch", "triton"])
-    monkeypatch.setattr(lif, "_time_backend", lambda backend, x, repeats: timed.append(backend) or 1.0)
+    monkeypatch.setattr(lif, "_warm_up", lambda backend, x: None)
+    monkeypatch.setattr(lif, "_time_once", lambda backend, x: timed.append(backend) or 1.0)
     assert resolve_backend("auto", CPU) == "torch"
-    assert timed == ["torch"]
+    assert set(timed) == {"torch"}
 
 
 def test_auto_cannot_be_measured_while_compiling() -> None:
