@@ -40,7 +40,7 @@ class SeqConv2d(nn.Conv2d):
         if recorder is not None:
             kernel_macs = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
             macs_per_step = kernel_macs * y[0, 0].numel()
-            fraction = None if self.analog_input else telemetry.active_fraction(x)
+            fraction = None if self.analog_input else recorder.input_activity(x)
             recorder.record_synapse(self, macs_per_step, steps, fraction)
         return y
 
@@ -59,7 +59,7 @@ class SeqLinear(nn.Linear):
             steps, batch = x.shape[0], x.shape[1]
             rows_per_step = x.numel() // (steps * batch * self.in_features)
             macs_per_step = rows_per_step * self.in_features * self.out_features
-            fraction = None if self.analog_input else telemetry.active_fraction(x)
+            fraction = None if self.analog_input else recorder.input_activity(x)
             recorder.record_synapse(self, macs_per_step, steps, fraction)
         return y
 

@@ -85,7 +85,10 @@ class MultiStepNeuron(nn.Module):
             self.v = None if result.v is None else result.v.detach()
         if recorder is not None and result.spike_count is not None:
             recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)
-        return result.out.reshape(x.shape)
+        out = result.out.reshape(x.shape)
+        if recorder is not None and result.spike_count is not None and not self.analog_output:
+            recorder.remember_spikes(out, result.spike_count)
+        return out
 
     def extra_repr(self) -> str:
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"

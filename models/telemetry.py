@@ -17,6 +17,7 @@ Conventions, as SNN papers report them (45 nm figures, Horowitz 2014):
 from __future__ import annotations
 
 import contextlib
+import weakref
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -108,6 +109,22 @@ class TelemetryRecorder:
         counts = spikes_per_sample.detach().to(torch.int64)
         tally.spikes = counts if tally.spikes is None else tally.spikes + counts
         tally.time_steps += time_steps
+
+    def remember_spikes(self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor) -> None:
+        """Keep the count of the spike tensor a neuron just returned (x: [T, B, ...], counts: [B]).
+
+        The synaptic layer that consumes exactly this tensor next (the usual LIF -> conv wiring)
+        then reads its input activity from here instead of reducing its input again.
+        """
+        self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
+
+    def input_activity(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes per input position, per sample, for a synaptic layer's input x: [T, B, ...] -> [B]."""
+        last = getattr(self, "_last_spikes", None)
+        if last is not None and last[0]() is x:
+            per_sample = x.numel() // x.shape[1] if x.shape[1] else 1
+            return last[1].to(torch.float32) / per_sample
+        return active_fraction(x)
 
     def record_synapse(
         self,

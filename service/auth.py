@@ -59,7 +59,7 @@ def _credentials(request: Request) -> Credentials:
     return request.app.state.spikeserve.credentials
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """FastAPI dependency of the management routes: a valid admin bearer token, else 401."""
     token = _bearer(request)
     if token is None:
@@ -70,7 +70,7 @@ def require_admin(request: Request) -> None:
         raise AuthenticationError("the admin token is not valid")
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """FastAPI dependency of the inference routes: an API key when keys are configured."""
     credentials = _credentials(request)
     if not credentials.api_keys:

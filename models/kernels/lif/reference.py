@@ -77,7 +77,7 @@ def multistep_lif(
         else:
             h = v - (v - rest) * inv_tau + xf[t]
         spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
-        if count_spikes:
+        if count_spikes and analog_output:  # spiking outputs are counted once, after the loop
             # sum in the compute dtype (exact for counts below 2**24 per row), then widen the [B]
             # result: summing with dtype=int64 converts the whole [B, F] tensor first (10x slower)
             step_count = (spike.detach().sum(dim=-1) if spike.dim() > 1 else spike.detach()).to(torch.int64)
@@ -88,5 +88,8 @@ def multistep_lif(
         else:
             v = h * (1.0 - spike_for_reset) + v_reset * spike_for_reset
         outs.append(torch.relu(h) if analog_output else spike)
-    out = torch.stack(outs).to(x.dtype)
+    stacked = torch.stack(outs)  # [T, B, F] in the compute dtype, so the counts below are exact
+    if count_spikes and not analog_output:
+        counts = stacked.detach().sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
+    out = stacked.to(x.dtype)
     return LIFResult(out=out, v=v if return_v else None, spike_count=counts)
