@@ -2,10 +2,11 @@
 
 Brings up three stacks side by side on this machine: the embedded server; a gateway with one CPU
 worker; a gateway with two CPU workers (a private redis-server on a free port, one key prefix per
-stack). Rounds alternate between the stacks, so drift in machine load hits all of them alike.
-Each round sends, to each stack, sequential requests from one client (the per-request overhead,
-no batching to hide it) and then ``--clients`` concurrent clients (throughput). The load generator
-is bench/serve.py's ``run_load``.
+stack). One client sends sequential requests to each stack in turn, request by request (the
+per-request overhead, with no batching to hide it, and drift in the machine's load landing on every
+stack alike); then alternating rounds of ``--clients`` concurrent clients measure throughput with
+bench/serve.py's load generator (``run_load``). A last line times the queueing alone: the Redis pool
+and a worker that answers at once, in one process.
 
     .venv/bin/python bench/serve_redis.py [--rounds 3] [--sequential 200] [--clients 16] [--requests 400]
 
@@ -23,6 +24,7 @@ import contextlib
 import statistics
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,6 +61,66 @@ def pooled(results: list[LoadResult]) -> tuple[float, float, float, int]:
         float(np.percentile(latencies, 99)),
         errors,
     )
+
+
+def interleaved_sequential(
+    urls: dict[str, str], model: str, body: bytes, count: int
+) -> dict[str, list[float]]:
+    """One client per stack, taking turns request by request, so that a burst of load from elsewhere on
+    the machine lands on every stack alike. Latencies in ms, per stack."""
+    import httpx
+
+    path = f"/v1/models/{model}/classify?telemetry=summary"
+    clients = {name: httpx.Client(base_url=url, timeout=60) for name, url in urls.items()}
+    latencies: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for _ in range(count):
+            for name, client in clients.items():
+                started = time.perf_counter()
+                answer = client.post(path, content=body, headers={"Content-Type": "image/png"})
+                latencies[name].append((time.perf_counter() - started) * 1000.0)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"{name}: {answer.status_code} {answer.text}")
+    finally:
+        for client in clients.values():
+            client.close()
+    return latencies
+
+
+async def transport_round_trip(redis_url: str, count: int) -> list[float]:
+    """Gateway pool -> Redis -> worker -> Redis -> gateway pool, in one process, with a worker that
+    answers at once: the cost of the queueing itself, without process scheduling or a network. ms."""
+    from workers.protocol import InferenceRequest, InferenceResult
+    from workers.redis_pool import RedisPool
+    from workers.redis_worker import RedisWorker
+
+    async def answer(request: InferenceRequest) -> InferenceResult:
+        return InferenceResult(
+            request.request_id, request.model_name, request.model_version, request.time_steps
+        )
+
+    worker = RedisWorker(
+        redis_url, answer, models=lambda: ["m"], prefix="transport", heartbeat_interval_s=0.2
+    )
+    running = asyncio.create_task(worker.run())
+    pool = RedisPool(redis_url, prefix="transport", heartbeat_interval_s=0.2)
+    await pool.start()
+    array = np.random.default_rng(0).random((1, 28, 28)).astype(np.float32)
+    latencies = []
+    try:
+        while not pool.is_ready():
+            await asyncio.sleep(0.05)
+        for index in range(count + 50):
+            request = InferenceRequest(f"r{index}", "m", 1, "image", array, time_steps=4)
+            started = time.perf_counter()
+            await pool.submit(request)
+            if index >= 50:  # after warm-up
+                latencies.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        await pool.stop()
+        worker.stop()
+        await running
+    return latencies
 
 
 def main() -> int:
@@ -99,36 +161,41 @@ def main() -> int:
 
         for url in urls.values():  # warm-up: connections, first batches of every size
             load(url, model, body, args.clients, 4 * args.clients)
-        sequential: dict[str, list[LoadResult]] = {name: [] for name in urls}
+        sequential = interleaved_sequential(urls, model, body, args.sequential)
         concurrent: dict[str, list[LoadResult]] = {name: [] for name in urls}
         for _ in range(args.rounds):
             for name, url in urls.items():
-                sequential[name].append(load(url, model, body, 1, args.sequential))
                 concurrent[name].append(load(url, model, body, args.clients, args.requests))
+        transport = asyncio.run(transport_round_trip(redis.url, args.sequential))
 
     print(f"# spikeserve distributed vs embedded, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {_cpu_count()} CPUs; each process: torch 1 thread, eager neurons; Redis on localhost")
     print(f"# model: {note}; input: {source}")
-    print(f"# load: {args.rounds} alternating rounds; per round and stack {args.sequential} requests")
-    print(f"#       from 1 client, then {args.requests} from {args.clients} concurrent clients")
+    print(f"# load: {args.sequential} requests per stack from 1 client (stacks taking turns request by")
+    print(f"#       request), then {args.rounds} rounds of {args.requests} from {args.clients} clients")
     print()
     header = ["stack", "1 client p50 ms", "p99 ms", "overhead p50 ms", f"{args.clients} clients req/s"]
     header += ["p50 ms", "p99 ms", "errors"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("-" * (len(cell) + 2) for cell in header) + "|")
-    base = pooled(sequential["embedded"])
+    base = float(np.percentile(sequential["embedded"], 50))
     for name in urls:
-        seq, conc = pooled(sequential[name]), pooled(concurrent[name])
-        cells = [f"{seq[1]:.2f}", f"{seq[2]:.1f}", f"{seq[1] - base[1]:+.2f}", f"{conc[0]:.1f}"]
-        cells += [f"{conc[1]:.1f}", f"{conc[2]:.1f}", str(seq[3] + conc[3])]
+        p50, p99 = float(np.percentile(sequential[name], 50)), float(np.percentile(sequential[name], 99))
+        rps, conc_p50, conc_p99, errors = pooled(concurrent[name])
+        cells = [f"{p50:.2f}", f"{p99:.1f}", f"{p50 - base:+.2f}", f"{rps:.1f}", f"{conc_p50:.1f}"]
+        cells += [f"{conc_p99:.1f}", str(errors)]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
     throughput = {name: pooled(results)[0] for name, results in concurrent.items()}
     for name in list(urls)[1:]:
-        overhead = pooled(sequential[name])[1] - base[1]
+        overhead = float(np.percentile(sequential[name], 50)) - base
         ratio = throughput[name] / throughput["embedded"]
         print(f"{name}: overhead per request at p50, 1 client: {overhead:+.2f} ms (target < 2 ms); ", end="")
         print(f"{args.clients}-client throughput {ratio:.2f}x embedded")
+    print(
+        f"transport round trip in one process (pool -> Redis -> worker -> Redis -> pool, instant worker): "
+        f"p50 {np.percentile(transport, 50):.2f} ms, p99 {np.percentile(transport, 99):.2f} ms"
+    )
     return 0
 
 
