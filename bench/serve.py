@@ -6,11 +6,14 @@ requests (a 28x28 PNG digit each). Prints requests/s, p50/p99 latency and the me
 server formed, then the ratios, all measured in the same run on the same machine:
 
 - batching speed-up: req/s with ``max_batch_size`` (default 32) over req/s with ``max_batch_size=1``;
-- telemetry cost: 1 - req/s with ``telemetry=layers`` over req/s with ``telemetry=none``
-  (rounds alternate between the two on one server, so drift in machine load hits both alike).
+- telemetry cost: 1 - req/s with ``telemetry=layers`` over req/s with ``telemetry=none``.
+
+Both servers run at once and every round runs the three scenarios back to back (in a rotating
+order); each ratio is the median over rounds of the ratio within a round, so drift in the load
+of a shared machine hits both sides of a ratio alike.
 
     .venv/bin/python bench/serve.py                      # zoo/danet-mnist, or a tiny DANet if absent
-    .venv/bin/python bench/serve.py --clients 32 --requests 1000 --rounds 3
+    .venv/bin/python bench/serve.py --clients 32 --requests 400 --rounds 6
 
 The load generator (``run_load``) is a small asyncio HTTP/1.1 client rather than httpx: on a
 2-core machine the client shares the CPU with the server, and a lighter client disturbs less.
@@ -203,13 +206,16 @@ def print_table(rows: list[Row]) -> None:
               f"| {row.mean_batch:10.1f} | {errors:6d} |")  # fmt: skip
 
 
+SCENARIOS = (("on", "none"), ("on", "layers"), ("off", "none"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--registry", type=Path, default=None, help="registry folder (default: zoo/)")
     parser.add_argument("--model", default="danet-mnist")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=1000, help="requests per measured round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating none/layers rounds (median kept)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per scenario and round")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds; each runs every scenario once")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=None)
@@ -223,44 +229,56 @@ def main() -> int:
             env["SPIKESERVE_TORCH_THREADS"] = str(args.torch_threads)
         print(f"# spikeserve serving benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
         machine = f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs, {platform.system()}"
-        print(f"# machine: {machine}")
+        print(f"# machine: {machine}, load average {', '.join(f'{x:.1f}' for x in _load_average())}")
         print(f"# model: {note}; input: {source}")
-        load = f"{args.clients} concurrent clients, {args.requests} requests a round, {args.rounds} rounds"
-        print(f"# load: {load}")
+        load = f"{args.clients} concurrent clients, {args.requests} requests per scenario and round"
+        print(f"# load: {load}, {args.rounds} rounds")
 
-        rounds: dict[str, list[Row]] = {"none": [], "layers": []}
-        batched_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
-        with ServerProcess(root, env=batched_env, args=["--models", model]) as server:
-            warm_up(server, model, body, args)
-            for _ in range(args.rounds):
-                for telemetry in ("none", "layers"):
-                    rounds[telemetry].append(measure(server, model, body, telemetry, args))
-        single: list[Row] = []
-        with ServerProcess(
-            root, env={**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}, args=["--models", model]
-        ) as server:
-            warm_up(server, model, body, args)
-            for _ in range(max(1, args.rounds // 2)):
-                single.append(measure(server, model, body, "none", args))
+        # Both servers run side by side and the rounds interleave the scenarios (in a rotating
+        # order), so a burst of load from other processes lands on every scenario alike.
+        rows: dict[tuple[str, str], list[Row]] = {scenario: [] for scenario in SCENARIOS}
+        on_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
+        off_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}
+        with (
+            ServerProcess(root, env=on_env, args=["--models", model]) as batching_on,
+            ServerProcess(root, env=off_env, args=["--models", model]) as batching_off,
+        ):
+            servers = {"on": batching_on, "off": batching_off}
+            for server in servers.values():
+                warm_up(server, model, body, args)
+            for round_index in range(args.rounds):
+                shift = round_index % len(SCENARIOS)
+                for batching, telemetry in SCENARIOS[shift:] + SCENARIOS[:shift]:
+                    rows[batching, telemetry].append(measure(servers[batching], model, body, telemetry, args))
 
-    batched_none = median_row(f"batching on (max {args.max_batch_size}), telemetry none", rounds["none"])
-    batched_layers = median_row(
-        f"batching on (max {args.max_batch_size}), telemetry layers", rounds["layers"]
-    )
-    unbatched = median_row("batching off (max 1), telemetry none", single)
+    names = {
+        ("on", "none"): f"batching on (max {args.max_batch_size}), telemetry none",
+        ("on", "layers"): f"batching on (max {args.max_batch_size}), telemetry layers",
+        ("off", "none"): "batching off (max 1), telemetry none",
+    }
     print()
-    print_table([batched_none, batched_layers, unbatched])
-    speedup = batched_none.result.rps / unbatched.result.rps
-    telemetry_cost = 1.0 - batched_layers.result.rps / batched_none.result.rps
-    per_round = [
+    print_table([median_row(names[scenario], rows[scenario]) for scenario in SCENARIOS])
+    speedups = [
+        on.result.rps / off.result.rps
+        for on, off in zip(rows["on", "none"], rows["off", "none"], strict=True)
+    ]
+    costs = [
         1.0 - layers.result.rps / none.result.rps
-        for none, layers in zip(rounds["none"], rounds["layers"], strict=True)
+        for none, layers in zip(rows["on", "none"], rows["on", "layers"], strict=True)
     ]
     print()
-    print(f"batching speed-up (req/s, on / off):           {speedup:.2f}x   (target >= 3x)")
-    print(f"telemetry 'layers' cost (1 - layers / none):   {telemetry_cost * 100:+.1f}%  (target < 5%)")
-    print(f"  per round: {', '.join(f'{cost * 100:+.1f}%' for cost in per_round)}")
+    speedup, cost = statistics.median(speedups), statistics.median(costs)
+    print(f"batching speed-up (req/s on / off, median of rounds): {speedup:.2f}x  (target >= 3x)")
+    print(f"  per round: {', '.join(f'{x:.2f}x' for x in speedups)}")
+    print(f"telemetry 'layers' cost (1 - layers / none, median):  {cost * 100:+.1f}%  (target < 5%)")
+    print(f"  per round: {', '.join(f'{cost * 100:+.1f}%' for cost in costs)}")
     return 0
+
+
+def _load_average() -> tuple[float, ...]:
+    import os
+
+    return os.getloadavg() if hasattr(os, "getloadavg") else ()
 
 
 def _cpu_count() -> int:

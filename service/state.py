@@ -5,7 +5,7 @@ One ``ServiceState`` per app, on ``app.state.spikeserve``; routes reach it throu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -24,7 +24,6 @@ class ServiceState:
     credentials: Credentials
     resolver: RefResolver
     startup_error: str | None = None  # why the pool failed to start, for /readyz
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def is_ready(self) -> bool:
         return self.startup_error is None and self.pool.is_ready()

@@ -47,7 +47,7 @@ EVENTS_INPUT: dict[str, Any] = {
 TIME_STEPS: dict[str, Any] = {"default": 4, "min": 1, "max": 8}
 
 
-def _state_dict(architecture: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+def random_state_dict(architecture: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
     import torch
 
     from models import create_model
@@ -67,7 +67,7 @@ def register_danet(registry: Any, name: str = IMAGE_MODEL, seed: int = 0, **extr
         time_steps=TIME_STEPS,
         input=IMAGE_INPUT,
         labels=LABELS,
-        weights=_state_dict("danet_resnet18", DANET_CONFIG, seed),
+        weights=random_state_dict("danet_resnet18", DANET_CONFIG, seed),
         description="random weights, for tests",
         **extra,
     )
@@ -82,7 +82,7 @@ def register_spikeformer(registry: Any, name: str = EVENTS_MODEL, seed: int = 0,
         time_steps=TIME_STEPS,
         input=EVENTS_INPUT,
         labels=LABELS,
-        weights=_state_dict("spikeformer_nmnist", SPIKEFORMER_CONFIG, seed),
+        weights=random_state_dict("spikeformer_nmnist", SPIKEFORMER_CONFIG, seed),
         description="random weights, for tests",
         **extra,
     )

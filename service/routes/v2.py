@@ -132,13 +132,13 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 
 
 @infer_router.post("/v2/models/{name}/infer", name="v2_infer")
-async def infer(request: Request, name: str) -> dict[str, Any]:
-    return await _infer(request, name, None)
+async def infer(request: Request, name: str) -> JSONResponse:
+    return JSONResponse(await _infer(request, name, None))
 
 
 @infer_router.post("/v2/models/{name}/versions/{version}/infer", name="v2_version_infer")
-async def infer_version(request: Request, name: str, version: str) -> dict[str, Any]:
-    return await _infer(request, name, version)
+async def infer_version(request: Request, name: str, version: str) -> JSONResponse:
+    return JSONResponse(await _infer(request, name, version))
 
 
 async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:

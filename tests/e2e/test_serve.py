@@ -21,7 +21,7 @@ from safetensors.torch import save as save_safetensors
 from server_process import E2E_ADMIN_TOKEN as ADMIN_TOKEN
 from server_process import E2E_MAX_BODY_BYTES as MAX_BODY_BYTES
 from server_process import ServerProcess
-from tiny_zoo import DANET_CONFIG, IMAGE_INPUT, IMAGE_MODEL, LABELS, TIME_STEPS, _state_dict
+from tiny_zoo import DANET_CONFIG, IMAGE_INPUT, IMAGE_MODEL, LABELS, TIME_STEPS, random_state_dict
 
 from eventio import make_events
 
@@ -87,7 +87,7 @@ def test_management_needs_the_token_and_an_alias_move_is_live(client: httpx.Clie
         "input": IMAGE_INPUT,
         "labels": LABELS,
     }
-    weights = save_safetensors(_state_dict("danet_resnet18", DANET_CONFIG, seed=3))
+    weights = save_safetensors(random_state_dict("danet_resnet18", DANET_CONFIG, seed=3))
     files = {"weights": ("w.safetensors", weights, "application/octet-stream")}
     unauthorised = client.post("/v1/models", files=files, data={"manifest": json.dumps(manifest)})
     assert unauthorised.status_code == 401

@@ -40,7 +40,9 @@ def test_two_workers_answer_200_requests_from_16_clients(
     # the gateway runs where torch cannot be imported, as in the slim gateway image
     no_torch = tmp_path / "no-torch" / "torch"
     no_torch.mkdir(parents=True)
-    (no_torch / "__init__.py").write_text("raise ImportError('torch is not installed in the gateway image')\n")
+    (no_torch / "__init__.py").write_text(
+        "raise ImportError('torch is not installed in the gateway image')\n"
+    )
     gateway_env = {**FAST_BEATS, "PYTHONPATH": str(no_torch.parent)}
     with contextlib.ExitStack() as stack:
         gateway, base = start_gateway(redis_registry, REDIS_URL, redis_prefix, tmp_path, gateway_env)

@@ -19,8 +19,8 @@ from tiny_zoo import (
     IMAGE_MODEL,
     LABELS,
     TIME_STEPS,
-    _state_dict,
     build_tiny_registry,
+    random_state_dict,
 )
 
 from service.settings import Settings
@@ -33,7 +33,9 @@ NPY = {"content-type": "application/x-npy"}
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = Path(tmp_path_factory.mktemp("managed-registry"))
     build_tiny_registry(root)
-    with make_client(Settings(registry=root, admin_token=ADMIN, default_models=[IMAGE_MODEL], neuron_backend="torch")) as test_client:
+    with make_client(
+        Settings(registry=root, admin_token=ADMIN, default_models=[IMAGE_MODEL], neuron_backend="torch")
+    ) as test_client:
         wait_ready(test_client)
         yield test_client
 
@@ -78,7 +80,7 @@ def test_list_and_show(client: TestClient) -> None:
 
 
 def test_upload_then_move_the_alias_live_then_delete(client: TestClient) -> None:
-    weights = save_safetensors(_state_dict("danet_resnet18", DANET_CONFIG, seed=7))
+    weights = save_safetensors(random_state_dict("danet_resnet18", DANET_CONFIG, seed=7))
     created = upload(client, weights, manifest_fields(aliases=["staging"]))
     assert created.status_code == 201, created.text
     version = created.json()["version"]
@@ -110,7 +112,7 @@ def test_weights_that_do_not_fit_are_refused_and_not_kept(client: TestClient) ->
         ]
 
     before = versions()
-    wrong = save_safetensors(_state_dict("danet_resnet18", {**DANET_CONFIG, "base_width": 4}, seed=0))
+    wrong = save_safetensors(random_state_dict("danet_resnet18", {**DANET_CONFIG, "base_width": 4}, seed=0))
     refused = upload(client, wrong, manifest_fields())
     assert refused.status_code == 422, refused.text
     assert "does not load" in refused.json()["error"]["message"]

@@ -64,7 +64,10 @@ def test_other_versions_load_on_first_request_and_describe_workers(tmp_path: Any
     registry = Registry(tmp_path)
     register_danet(registry, seed=0)
     register_danet(registry, seed=1)
-    pool = EmbeddedPool(Settings(registry=tmp_path, default_models=[f"{IMAGE_MODEL}:1"], neuron_backend="torch"), registry=registry)
+    pool = EmbeddedPool(
+        Settings(registry=tmp_path, default_models=[f"{IMAGE_MODEL}:1"], neuron_backend="torch"),
+        registry=registry,
+    )
 
     async def body() -> Any:
         await pool.start()

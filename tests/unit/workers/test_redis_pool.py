@@ -15,10 +15,11 @@ import uuid
 import numpy as np
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from workers import errors
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
-from workers.redis_pool import LIVE_WORKERS, RedisPool
+from workers.redis_pool import RedisPool
 from workers.redis_streams import StreamKeys, connect
 from workers.redis_worker import RedisWorker
 
@@ -101,7 +102,13 @@ def test_concurrent_requests_are_each_answered_correctly(prefix):
             await wait_ready(pool)
             requests = [make_request(i) for i in range(60)]
             results = await asyncio.gather(*(pool.submit(r) for r in requests))
-            return requests, results, pool.describe_workers(), pool.queue_depth(), LIVE_WORKERS._value.get()
+            return (
+                requests,
+                results,
+                pool.describe_workers(),
+                pool.queue_depth(),
+                REGISTRY.get_sample_value("spikeserve_workers"),
+            )
         finally:
             await pool.stop()
             worker.stop()
