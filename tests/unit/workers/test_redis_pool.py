@@ -66,11 +66,14 @@ async def fake_submit(request: InferenceRequest) -> InferenceResult:
     )
 
 
-async def fake_heartbeat(prefix: str, worker_id: str, models: list[str]) -> None:
+async def fake_heartbeat(
+    prefix: str, worker_id: str, models: list[str], loaded: list[str] | None = None
+) -> None:
     """A worker that says it serves ``models`` but reads nothing."""
     keys = StreamKeys(prefix)
     client = connect(REDIS_URL)
     beat = {"id": worker_id, "models": models, "device": "cpu", "batches": 0, "last_heartbeat": time.time()}
+    beat["loaded"] = loaded or []
     await client.set(keys.worker(worker_id), json.dumps(beat), px=60_000)
     await client.zadd(keys.workers, {worker_id: time.time()})
     await client.aclose()
@@ -270,3 +273,28 @@ def test_registry_generation_change_is_published_to_workers(prefix):
     quiet, message = asyncio.run(scenario())
     assert quiet is None  # nothing is published while the generation stands still
     assert message is not None and json.loads(message["data"])["generation"] == 6
+
+
+def test_queue_depth_per_model_and_loaded_versions_from_heartbeats(prefix):
+    async def scenario():
+        await fake_heartbeat(prefix, "w1", ["m", "n"], loaded=["m:1", "n:3", "m:2"])
+        pool = RedisPool(REDIS_URL, prefix=prefix, **FAST)
+        await pool.start()
+        try:
+            waiting = [
+                asyncio.create_task(pool.submit(make_request(i, model=model)))
+                for i, model in enumerate("mmn")
+            ]
+            await asyncio.sleep(0.1)
+            depths = pool.queue_depth_by_model()
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
+            return depths, pool.queue_depth(), pool.loaded_models()
+        finally:
+            await pool.stop()
+
+    depths, depth_after, loaded = asyncio.run(scenario())
+    assert depths == {"m": 2, "n": 1}
+    assert depth_after == 0  # cancelled requests leave nothing behind
+    assert loaded == [("m", 1), ("m", 2), ("n", 3)]
