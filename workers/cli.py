@@ -94,6 +94,12 @@ def run_worker(args: argparse.Namespace) -> int:
     if problem is not None:
         return _fail(problem)
     try:
+        import torch  # noqa: F401  (the gateway image has none: say so rather than fail deep in a load)
+    except ImportError:
+        return _fail(
+            "needs torch, which is not installed here (the gateway image has none; use the worker image)"
+        )
+    try:
         asyncio.run(serve(settings, registry, worker_id=args.worker_id, metrics_port=args.metrics_port))
     except KeyboardInterrupt:
         return 130

@@ -7,7 +7,7 @@ The embedded pool passes the objects as they are; the Redis pool uses ``to_bytes
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import msgpack
@@ -59,7 +59,8 @@ class InferenceRequest:
         return (self.model_name, self.model_version, self.time_steps, self.kind)
 
     def to_bytes(self) -> bytes:
-        payload = asdict(self)
+        # fields() rather than asdict(): asdict deep-copies the array before we serialise it
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
         payload["array"] = _pack_array(self.array)
         return msgpack.packb(payload, use_bin_type=True)
 

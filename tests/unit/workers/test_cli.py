@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from tiny_zoo import IMAGE_MODEL, register_danet
 
@@ -90,3 +92,10 @@ def test_served_models_fixed_or_all_and_the_versions_to_preload(own_registry):
     register_danet(own_registry, name="another")
     assert everything() == ["another", IMAGE_MODEL]  # registered later: served too
     assert fixed() == [IMAGE_MODEL]
+
+
+def test_without_torch_the_worker_says_which_image_to_use(tiny_registry, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    code = main(["worker", "--redis", "redis://127.0.0.1:1/0", "--registry", str(tiny_registry.root)])
+    assert code == 1
+    assert "needs torch" in capsys.readouterr().err
