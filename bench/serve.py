@@ -1,19 +1,21 @@
 """Serving throughput and latency: batching on vs off, telemetry "layers" vs "none", in one run.
 
 Starts real ``spikeserve serve`` processes (uvicorn, embedded worker) and drives them with N
-concurrent keep-alive HTTP/1.1 clients sending a fixed count of ``POST /v1/models/{model}/classify``
-requests (a 28x28 PNG digit each). Prints requests/s, p50/p99 latency and the mean batch size the
-server formed, then the ratios, all measured in the same run on the same machine:
+concurrent keep-alive HTTP/1.1 clients sending ``POST /v1/models/{model}/classify`` (a 28x28 PNG
+digit each). Prints requests/s, p50/p99 latency and the mean batch size the server formed, and the
+ratios, all measured in the same run on the same machine:
 
-- batching speed-up: req/s with ``max_batch_size`` (default 32) over req/s with ``max_batch_size=1``;
-- telemetry cost: 1 - req/s with ``telemetry=layers`` over req/s with ``telemetry=none``.
+- batching speed-up: req/s with ``max_batch_size`` (default 32) over req/s with ``max_batch_size=1``,
+  one server at a time, a fixed count of requests each, the two alternating round by round;
+- telemetry cost: 1 - req/s with ``telemetry=layers`` over req/s with ``telemetry=none``, measured
+  on two batching servers loaded side by side for the same seconds (they swap levels every round),
+  so whatever else a shared machine does slows both sides of the ratio alike;
+- an in-process check of the worker alone (``Engine.run_batch``, telemetry levels interleaved).
 
-Both servers run at once and every round runs the three scenarios back to back (in a rotating
-order); each ratio is the median over rounds of the ratio within a round, so drift in the load
-of a shared machine hits both sides of a ratio alike.
+Each ratio is the median over rounds of the ratio within a round.
 
     .venv/bin/python bench/serve.py                      # zoo/danet-mnist, or a tiny DANet if absent
-    .venv/bin/python bench/serve.py --clients 32 --requests 400 --rounds 6
+    .venv/bin/python bench/serve.py --clients 32 --requests 300 --rounds 8
 
 The load generator (``run_load``) is a small asyncio HTTP/1.1 client rather than httpx: on a
 2-core machine the client shares the CPU with the server, and a lighter client disturbs less.
@@ -75,36 +77,51 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def run_load(
-    url: str, path: str, body: bytes, headers: dict[str, str], *, clients: int, requests: int
+    url: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    clients: int,
+    requests: int | None = None,
+    duration_s: float | None = None,
 ) -> LoadResult:
-    """``clients`` keep-alive connections send ``requests`` POSTs of ``body`` to ``url + path`` in all."""
+    """``clients`` keep-alive connections POST ``body`` to ``url + path``: ``requests`` in all, or as
+    many as they can for ``duration_s`` (then only answers that arrived within it count)."""
+    if (requests is None) == (duration_s is None):
+        raise ValueError("give requests or duration_s")
     host, port = url.removeprefix("http://").split(":")
     head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     message = head.encode("latin-1") + b"\r\n" + body
-    remaining = requests
-    result = LoadResult(requests=requests, seconds=0.0)
+    remaining = requests if requests is not None else 1 << 62
+    result = LoadResult(requests=requests or 0, seconds=0.0)
+    begin = time.perf_counter()
+    deadline = begin + duration_s if duration_s is not None else float("inf")
 
     async def one_client() -> None:
         nonlocal remaining
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
-            while remaining > 0:
+            while remaining > 0 and time.perf_counter() < deadline:
                 remaining -= 1
                 started = time.perf_counter()
                 writer.write(message)
                 await writer.drain()
                 status, _ = await _read_response(reader)
+                finished = time.perf_counter()
+                if finished > deadline:
+                    break
                 if status == 200:
-                    result.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+                    result.latencies_ms.append((finished - started) * 1000.0)
                 else:
                     result.errors[status] = result.errors.get(status, 0) + 1
         finally:
             writer.close()
 
-    started = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
-    result.seconds = time.perf_counter() - started
+    result.seconds = duration_s if duration_s is not None else time.perf_counter() - begin
+    result.requests = len(result.latencies_ms) + sum(result.errors.values())
     return result
 
 
@@ -181,6 +198,32 @@ def measure(server: ServerProcess, model: str, body: bytes, telemetry: str, args
     return Row(f"{telemetry}", result, mean_batch)
 
 
+def measure_side_by_side(
+    first: ServerProcess,
+    second: ServerProcess,
+    model: str,
+    body: bytes,
+    levels: tuple[str, str],
+    seconds: float,
+    clients: int,
+) -> tuple[LoadResult, LoadResult]:
+    """Load two servers at once for the same ``seconds``, telemetry ``levels[0]`` on the first and
+    ``levels[1]`` on the second: whatever else the machine does then slows both alike."""
+    headers = {"Content-Type": "image/png"}
+
+    async def both() -> list[LoadResult]:
+        return await asyncio.gather(
+            *(
+                run_load(server.url, f"/v1/models/{model}/classify?telemetry={level}", body, headers,
+                         clients=clients, duration_s=seconds)
+                for server, level in ((first, levels[0]), (second, levels[1]))
+            )
+        )  # fmt: skip
+
+    first_result, second_result = asyncio.run(both())
+    return first_result, second_result
+
+
 def warm_up(server: ServerProcess, model: str, body: bytes, args: argparse.Namespace) -> None:
     path = f"/v1/models/{model}/classify?telemetry=layers"
     asyncio.run(run_load(server.url, path, body, {"Content-Type": "image/png"}, clients=args.clients,
@@ -206,7 +249,33 @@ def print_table(rows: list[Row]) -> None:
               f"| {row.mean_batch:10.1f} | {errors:6d} |")  # fmt: skip
 
 
-SCENARIOS = (("on", "none"), ("on", "layers"), ("off", "none"))
+def engine_check(root: Path, model: str, body: bytes, batch: int, repeats: int) -> dict[str, list[float]]:
+    """In-process, no HTTP: seconds of ``Engine.run_batch`` on ``batch`` copies of the digit, per
+    telemetry level, the levels interleaved ``repeats`` times. Isolates what telemetry costs the worker
+    (the recorder in the forward, the per-sample report, the metrics) from the gateway's noise."""
+    from registry import Registry
+    from service.decoding import decode_image
+    from service.settings import Settings
+    from workers.engine import Engine
+    from workers.protocol import InferenceRequest
+
+    registry = Registry(root)
+    manifest = registry.resolve(model)
+    image = decode_image(body, "image/png", manifest.input, 1 << 24).array
+    engine = Engine(registry, backend=Settings().neuron_backend, worker_id="bench")
+    engine.ensure_loaded(manifest.name, manifest.version)
+    seconds: dict[str, list[float]] = {"none": [], "summary": [], "layers": []}
+    for _ in range(repeats):
+        for level, samples in seconds.items():
+            requests = [
+                InferenceRequest(f"{level}{i}", manifest.name, manifest.version, "image", image,
+                                 manifest.time_steps.default, telemetry=level)  # type: ignore[arg-type]
+                for i in range(batch)
+            ]  # fmt: skip
+            started = time.perf_counter()
+            engine.run_batch(requests)
+            samples.append(time.perf_counter() - started)
+    return seconds
 
 
 def main() -> int:
@@ -214,11 +283,13 @@ def main() -> int:
     parser.add_argument("--registry", type=Path, default=None, help="registry folder (default: zoo/)")
     parser.add_argument("--model", default="danet-mnist")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, default=400, help="requests per scenario and round")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds; each runs every scenario once")
+    parser.add_argument("--requests", type=int, default=300, help="requests per batching round and server")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of each comparison")
+    parser.add_argument("--pair-seconds", type=float, default=4.0, help="length of a telemetry round")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=None)
+    parser.add_argument("--engine-repeats", type=int, default=15, help="repeats of the in-process check")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
@@ -231,54 +302,79 @@ def main() -> int:
         machine = f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs, {platform.system()}"
         print(f"# machine: {machine}, load average {', '.join(f'{x:.1f}' for x in _load_average())}")
         print(f"# model: {note}; input: {source}")
-        load = f"{args.clients} concurrent clients, {args.requests} requests per scenario and round"
-        print(f"# load: {load}, {args.rounds} rounds")
+        print(f"# {args.clients} concurrent clients per server, {args.rounds} rounds per comparison")
 
-        # Both servers run side by side and the rounds interleave the scenarios (in a rotating
-        # order), so a burst of load from other processes lands on every scenario alike.
-        rows: dict[tuple[str, str], list[Row]] = {scenario: [] for scenario in SCENARIOS}
         on_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
         off_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}
+        batching: dict[str, list[Row]] = {"on": [], "off": []}
+        telemetry: dict[str, list[LoadResult]] = {"none": [], "layers": []}
         with (
-            ServerProcess(root, env=on_env, args=["--models", model]) as batching_on,
-            ServerProcess(root, env=off_env, args=["--models", model]) as batching_off,
+            ServerProcess(root, env=on_env, args=["--models", model]) as on_a,
+            ServerProcess(root, env=on_env, args=["--models", model]) as on_b,
+            ServerProcess(root, env=off_env, args=["--models", model]) as off,
         ):
-            servers = {"on": batching_on, "off": batching_off}
-            for server in servers.values():
+            for server in (on_a, on_b, off):
                 warm_up(server, model, body, args)
             for round_index in range(args.rounds):
-                shift = round_index % len(SCENARIOS)
-                for batching, telemetry in SCENARIOS[shift:] + SCENARIOS[:shift]:
-                    rows[batching, telemetry].append(measure(servers[batching], model, body, telemetry, args))
+                # Batching: one server at a time, a fixed count of requests, alternating which goes first.
+                order = [("on", on_a), ("off", off)]
+                for name, server in order if round_index % 2 == 0 else order[::-1]:
+                    batching[name].append(measure(server, model, body, "none", args))
+                # Telemetry: two batching servers side by side; they swap levels every round.
+                levels = ("none", "layers") if round_index % 2 == 0 else ("layers", "none")
+                results = measure_side_by_side(
+                    on_a, on_b, model, body, levels, args.pair_seconds, args.clients
+                )
+                for level, result in zip(levels, results, strict=True):
+                    telemetry[level].append(result)
+        if args.torch_threads:
+            import torch
 
-    names = {
-        ("on", "none"): f"batching on (max {args.max_batch_size}), telemetry none",
-        ("on", "layers"): f"batching on (max {args.max_batch_size}), telemetry layers",
-        ("off", "none"): "batching off (max 1), telemetry none",
-    }
+            torch.set_num_threads(args.torch_threads)
+        engine_seconds = engine_check(root, model, body, args.max_batch_size, args.engine_repeats)
+
     print()
-    print_table([median_row(names[scenario], rows[scenario]) for scenario in SCENARIOS])
+    print(f"Batching: one server at a time, {args.requests} requests a round (median round shown)")
+    print_table(
+        [
+            median_row(f"batching on (max {args.max_batch_size}), telemetry none", batching["on"]),
+            median_row("batching off (max 1), telemetry none", batching["off"]),
+        ]
+    )
     speedups = [
-        on.result.rps / off.result.rps
-        for on, off in zip(rows["on", "none"], rows["off", "none"], strict=True)
+        on.result.rps / off.result.rps for on, off in zip(batching["on"], batching["off"], strict=True)
     ]
-    costs = [
-        1.0 - layers.result.rps / none.result.rps
-        for none, layers in zip(rows["on", "none"], rows["on", "layers"], strict=True)
-    ]
-    print()
-    speedup, cost = statistics.median(speedups), statistics.median(costs)
-    print(f"batching speed-up (req/s on / off, median of rounds): {speedup:.2f}x  (target >= 3x)")
+    print(f"speed-up (req/s on / off), median of rounds: {statistics.median(speedups):.2f}x  (target >= 3x)")
     print(f"  per round: {', '.join(f'{x:.2f}x' for x in speedups)}")
-    print(f"telemetry 'layers' cost (1 - layers / none, median):  {cost * 100:+.1f}%  (target < 5%)")
+
+    print()
+    print(f"Telemetry: two batching servers side by side for {args.pair_seconds:.0f} s a round, one asked")
+    print("'none', the other 'layers' (they swap every round); each has about half the machine")
+    for level, results in telemetry.items():
+        rps = statistics.median(r.rps for r in results)
+        p50 = statistics.median(r.percentile(50) for r in results)
+        p99 = statistics.median(r.percentile(99) for r in results)
+        print(
+            f"  telemetry {level:<6}: {rps:6.1f} req/s, p50 {p50:6.1f} ms, p99 {p99:6.1f} ms (round medians)"
+        )
+    costs = [
+        1.0 - layers.rps / none.rps
+        for none, layers in zip(telemetry["none"], telemetry["layers"], strict=True)
+    ]
+    cost = statistics.median(costs) * 100
+    print(f"cost of 'layers' (1 - req/s layers / none), median of rounds: {cost:+.1f}%  (target < 5%)")
     print(f"  per round: {', '.join(f'{cost * 100:+.1f}%' for cost in costs)}")
-    # The least disturbed round of each scenario (its highest req/s): on a machine shared with
-    # other jobs, load from outside only ever slows a round down, so the best rounds compare the
-    # scenarios themselves (the kernels' benchmarks take the fastest run for the same reason).
-    on, layers, off = (max(row.result.rps for row in rows[scenario]) for scenario in SCENARIOS)
+
+    print()
+    repeats = f"{args.engine_repeats} interleaved repeats"
+    print(f"In-process check (Engine.run_batch, batch {args.max_batch_size}, {repeats}, no HTTP):")
+    for level, samples in engine_seconds.items():
+        low, middle = min(samples) * 1000, statistics.median(samples) * 1000
+        print(f"  telemetry {level:<7}: {low:7.1f} ms min, {middle:7.1f} ms median")
+    none_s, layers_s = engine_seconds["none"], engine_seconds["layers"]
     print(
-        f"best rounds (on none / on layers / off none): {on:.1f} / {layers:.1f} / {off:.1f} req/s -> "
-        f"speed-up {on / off:.2f}x, telemetry cost {(1.0 - layers / on) * 100:+.1f}%"
+        f"  cost of 'layers': {(min(layers_s) / min(none_s) - 1) * 100:+.1f}% (min), "
+        f"{(statistics.median(layers_s) / statistics.median(none_s) - 1) * 100:+.1f}% (median)"
     )
     return 0
 
