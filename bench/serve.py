@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import platform
 import statistics
 import sys
@@ -53,6 +54,8 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[int, int] = field(default_factory=dict)  # HTTP status -> count (non-200)
+    late: int = 0  # duration mode: answers that arrived after the window (not counted above)
+    server_cpu_ms: float = float("nan")  # server process CPU (user + system) per answer, when measured
 
     @property
     def rps(self) -> float:
@@ -111,6 +114,7 @@ async def run_load(
                 status, _ = await _read_response(reader)
                 finished = time.perf_counter()
                 if finished > deadline:
+                    result.late += 1
                     break
                 if status == 200:
                     result.latencies_ms.append((finished - started) * 1000.0)
@@ -159,8 +163,11 @@ def digit_png() -> tuple[bytes, str]:
     return buffer.getvalue(), source
 
 
-def choose_registry(registry: Path | None, model: str, scratch: Path) -> tuple[Path, str, str]:
-    """(registry, model, note): zoo/ when it holds ``model``, else the tests' tiny DANet."""
+def choose_registry(
+    registry: Path | None, model: str, scratch: Path, base_width: int = 8
+) -> tuple[Path, str, str]:
+    """(registry, model, note): zoo/ when it holds ``model``, else the tests' tiny DANet (random
+    weights; ``base_width`` 8 as in the tests, 16 for danet-mnist's own width)."""
     from registry import Registry
 
     root = registry or REPO_ROOT / "zoo"
@@ -172,10 +179,12 @@ def choose_registry(registry: Path | None, model: str, scratch: Path) -> tuple[P
         return root, model, f"{model} from {root}"
     if registry is not None:
         raise SystemExit(f"{registry} has no model {model!r}")
-    from tiny_zoo import IMAGE_MODEL, build_tiny_registry
+    from tiny_zoo import DANET_CONFIG, IMAGE_MODEL, register_danet
 
-    build_tiny_registry(scratch)
-    note = f"{IMAGE_MODEL} (danet_resnet18, base_width 8, random weights): {root} has no {model} yet"
+    register_danet(Registry(scratch), config={**DANET_CONFIG, "base_width": base_width})
+    note = (
+        f"{IMAGE_MODEL} (danet_resnet18, base_width {base_width}, random weights): {root} has no {model} yet"
+    )
     return scratch, IMAGE_MODEL, note
 
 
@@ -186,13 +195,26 @@ class Row:
     mean_batch: float
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid(server: ServerProcess) -> int:
+    assert server.process is not None
+    return server.process.pid
+
+
 def measure(server: ServerProcess, model: str, body: bytes, telemetry: str, args: argparse.Namespace) -> Row:
     path = f"/v1/models/{model}/classify?telemetry={telemetry}"
     headers = {"Content-Type": "image/png"}
     batches0, requests0 = batch_stats(server.url, model)
+    cpu0 = cpu_seconds(_pid(server))
     result = asyncio.run(
         run_load(server.url, path, body, headers, clients=args.clients, requests=args.requests)
     )
+    result.server_cpu_ms = (cpu_seconds(_pid(server)) - cpu0) * 1000.0 / max(result.requests, 1)
     batches1, requests1 = batch_stats(server.url, model)
     mean_batch = (requests1 - requests0) / (batches1 - batches0) if batches1 > batches0 else float("nan")
     return Row(f"{telemetry}", result, mean_batch)
@@ -220,7 +242,11 @@ def measure_side_by_side(
             )
         )  # fmt: skip
 
+    cpu0 = [cpu_seconds(_pid(server)) for server in (first, second)]
     first_result, second_result = asyncio.run(both())
+    for server, result, before in zip((first, second), (first_result, second_result), cpu0, strict=True):
+        answered = max(result.requests + result.late, 1)
+        result.server_cpu_ms = (cpu_seconds(_pid(server)) - before) * 1000.0 / answered
     return first_result, second_result
 
 
@@ -238,21 +264,23 @@ def median_row(name: str, rows: list[Row]) -> Row:
 
 
 def print_table(rows: list[Row]) -> None:
-    print(
-        f"| {'scenario':<38} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean batch':>10} | errors |"
-    )
-    print(f"|{'-' * 40}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 12}|--------|")
+    print(f"| {'scenario':<38} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'mean batch':>10} "
+          f"| server CPU ms/req | errors |")  # fmt: skip
+    print(f"|{'-' * 40}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 12}|{'-' * 19}|--------|")
     for row in rows:
         r = row.result
         errors = sum(r.errors.values())
         print(f"| {row.name:<38} | {r.rps:7.1f} | {r.percentile(50):7.1f} | {r.percentile(99):7.1f} "
-              f"| {row.mean_batch:10.1f} | {errors:6d} |")  # fmt: skip
+              f"| {row.mean_batch:10.1f} | {r.server_cpu_ms:17.2f} | {errors:6d} |")  # fmt: skip
 
 
-def engine_check(root: Path, model: str, body: bytes, batch: int, repeats: int) -> dict[str, list[float]]:
-    """In-process, no HTTP: seconds of ``Engine.run_batch`` on ``batch`` copies of the digit, per
-    telemetry level, the levels interleaved ``repeats`` times. Isolates what telemetry costs the worker
-    (the recorder in the forward, the per-sample report, the metrics) from the gateway's noise."""
+def engine_check(
+    root: Path, model: str, body: bytes, batch: int, repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """In-process, no HTTP: wall and CPU seconds of ``Engine.run_batch`` on ``batch`` copies of the
+    digit, per telemetry level, the levels interleaved ``repeats`` times after three unmeasured rounds
+    (the compiled neuron backend settles its shapes then). Isolates what telemetry costs the worker
+    (the recorder in the forward, the per-sample report, the metrics) from the gateway."""
     from registry import Registry
     from service.decoding import decode_image
     from service.settings import Settings
@@ -264,18 +292,23 @@ def engine_check(root: Path, model: str, body: bytes, batch: int, repeats: int) 
     image = decode_image(body, "image/png", manifest.input, 1 << 24).array
     engine = Engine(registry, backend=Settings().neuron_backend, worker_id="bench")
     engine.ensure_loaded(manifest.name, manifest.version)
-    seconds: dict[str, list[float]] = {"none": [], "summary": [], "layers": []}
-    for _ in range(repeats):
-        for level, samples in seconds.items():
+    levels = ("none", "summary", "layers")
+    measured: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
+    for kind in measured.values():
+        kind.update({level: [] for level in levels})
+    for round_index in range(3 + repeats):
+        for level in levels:
             requests = [
                 InferenceRequest(f"{level}{i}", manifest.name, manifest.version, "image", image,
                                  manifest.time_steps.default, telemetry=level)  # type: ignore[arg-type]
                 for i in range(batch)
             ]  # fmt: skip
-            started = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             engine.run_batch(requests)
-            samples.append(time.perf_counter() - started)
-    return seconds
+            if round_index >= 3:
+                measured["wall"][level].append(time.perf_counter() - wall)
+                measured["cpu"][level].append(time.process_time() - cpu)
+    return measured
 
 
 def main() -> int:
@@ -290,10 +323,11 @@ def main() -> int:
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--engine-repeats", type=int, default=15, help="repeats of the in-process check")
+    parser.add_argument("--base-width", type=int, default=8, help="width of the stand-in DANet without a zoo")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
-        root, model, note = choose_registry(args.registry, args.model, Path(scratch))
+        root, model, note = choose_registry(args.registry, args.model, Path(scratch), args.base_width)
         body, source = digit_png()
         env = {"SPIKESERVE_ADMIN_TOKEN": "bench", "SPIKESERVE_MAX_DELAY_MS": str(args.max_delay_ms)}
         if args.torch_threads:
@@ -354,9 +388,9 @@ def main() -> int:
         rps = statistics.median(r.rps for r in results)
         p50 = statistics.median(r.percentile(50) for r in results)
         p99 = statistics.median(r.percentile(99) for r in results)
-        print(
-            f"  telemetry {level:<6}: {rps:6.1f} req/s, p50 {p50:6.1f} ms, p99 {p99:6.1f} ms (round medians)"
-        )
+        cpu = statistics.median(r.server_cpu_ms for r in results)
+        print(f"  telemetry {level:<6}: {rps:6.1f} req/s, p50 {p50:6.1f} ms, p99 {p99:6.1f} ms, "
+              f"server CPU {cpu:5.2f} ms/req (round medians)")  # fmt: skip
     costs = [
         1.0 - layers.rps / none.rps
         for none, layers in zip(telemetry["none"], telemetry["layers"], strict=True)
@@ -364,30 +398,35 @@ def main() -> int:
     cost = statistics.median(costs) * 100
     print(f"cost of 'layers' (1 - req/s layers / none), median of rounds: {cost:+.1f}%  (target < 5%)")
     print(f"  per round: {', '.join(f'{cost * 100:+.1f}%' for cost in costs)}")
+    cpu_costs = [
+        layers.server_cpu_ms / none.server_cpu_ms - 1.0
+        for none, layers in zip(telemetry["none"], telemetry["layers"], strict=True)
+    ]
+    cpu_cost = statistics.median(cpu_costs) * 100
+    print(f"extra server CPU per request with 'layers', median of rounds: {cpu_cost:+.1f}%")
+    print(f"  per round: {', '.join(f'{cost * 100:+.1f}%' for cost in cpu_costs)}")
 
     print()
     repeats = f"{args.engine_repeats} interleaved repeats"
     print(f"In-process check (Engine.run_batch, batch {args.max_batch_size}, {repeats}, no HTTP):")
-    for level, samples in engine_seconds.items():
-        low, middle = min(samples) * 1000, statistics.median(samples) * 1000
-        print(f"  telemetry {level:<7}: {low:7.1f} ms min, {middle:7.1f} ms median")
-    none_s, layers_s = engine_seconds["none"], engine_seconds["layers"]
+    wall, cpu = engine_seconds["wall"], engine_seconds["cpu"]
+    for level in wall:
+        print(f"  telemetry {level:<7}: wall {min(wall[level]) * 1000:7.1f} ms min, "
+              f"{statistics.median(wall[level]) * 1000:7.1f} ms median; "
+              f"CPU {statistics.median(cpu[level]) * 1000:7.1f} ms median")  # fmt: skip
     print(
-        f"  cost of 'layers': {(min(layers_s) / min(none_s) - 1) * 100:+.1f}% (min), "
-        f"{(statistics.median(layers_s) / statistics.median(none_s) - 1) * 100:+.1f}% (median)"
+        f"  cost of 'layers': wall {(min(wall['layers']) / min(wall['none']) - 1) * 100:+.1f}% (min), "
+        f"{(statistics.median(wall['layers']) / statistics.median(wall['none']) - 1) * 100:+.1f}% (median); "
+        f"CPU {(statistics.median(cpu['layers']) / statistics.median(cpu['none']) - 1) * 100:+.1f}% (median)"
     )
     return 0
 
 
 def _load_average() -> tuple[float, ...]:
-    import os
-
     return os.getloadavg() if hasattr(os, "getloadavg") else ()
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 

@@ -148,9 +148,14 @@ class TelemetryRecorder:
 
     def report(self) -> list[SampleTelemetry]:
         """Per-sample telemetry, one entry per batch element (a single host transfer per tensor)."""
-        layer_counts = {name: t.spikes.cpu() for name, t in self._spikes.items() if t.spikes is not None}
+        # lists, not tensors: indexing a tensor per sample and layer made report() 3x slower
+        layer_counts = {
+            name: t.spikes.cpu().tolist() for name, t in self._spikes.items() if t.spikes is not None
+        }
         batch = next((len(c) for c in layer_counts.values()), 0)
-        sop_counts = [t.active_macs.cpu() for t in self._synapses.values() if t.active_macs is not None]
+        sop_counts = [
+            t.active_macs.cpu().tolist() for t in self._synapses.values() if t.active_macs is not None
+        ]
         if batch == 0 and sop_counts:
             batch = len(sop_counts[0])
         mac_total = float(sum(t.macs for t in self._synapses.values() if t.analog_input))

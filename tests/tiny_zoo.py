@@ -57,17 +57,20 @@ def random_state_dict(architecture: str, config: dict[str, Any], seed: int) -> d
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
 
 
-def register_danet(registry: Any, name: str = IMAGE_MODEL, seed: int = 0, **extra: Any) -> Any:
-    """Register one random-weight tiny DANet version of ``name``; returns its manifest."""
+def register_danet(
+    registry: Any, name: str = IMAGE_MODEL, seed: int = 0, config: dict[str, Any] | None = None, **extra: Any
+) -> Any:
+    """Register one random-weight DANet version of ``name`` (``DANET_CONFIG`` unless ``config``)."""
+    config = config or DANET_CONFIG
     return registry.register(
         name,
         architecture="danet_resnet18",
-        config=DANET_CONFIG,
+        config=config,
         neuron=None,
         time_steps=TIME_STEPS,
         input=IMAGE_INPUT,
         labels=LABELS,
-        weights=random_state_dict("danet_resnet18", DANET_CONFIG, seed),
+        weights=random_state_dict("danet_resnet18", config, seed),
         description="random weights, for tests",
         **extra,
     )

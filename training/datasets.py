@@ -141,7 +141,8 @@ def nmnist5k_events(
     digits = hashlib.sha256(index.astype("<i8").tobytes()).hexdigest()[:12]
     path = folder / f"nmnist5k-{split}-{digits}-seed{seed}-{config.key()}-v{CACHE_FORMAT}.npz"
     if path.is_file():
-        return _unpack(np.load(path)), labels, index
+        with np.load(path) as columns:
+            return _unpack(columns), labels, index
     events: list[np.ndarray] = []
     for start in range(0, len(index), EMULATION_BATCH):
         chunk = slice(start, start + EMULATION_BATCH)
@@ -149,7 +150,11 @@ def nmnist5k_events(
     folder.mkdir(parents=True, exist_ok=True)
     # write then rename, so a reader never sees half a file and concurrent writers do not clash
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".npz", delete=False) as handle:
-        np.savez(handle, **_pack(events, config.sensor_size))
+        try:
+            np.savez(handle, **_pack(events, config.sensor_size))
+        except BaseException:
+            os.unlink(handle.name)
+            raise
     os.replace(handle.name, path)
     return events, labels, index
 

@@ -80,19 +80,22 @@ _add(
         architecture="spikeformer_nmnist",
         # T=4 bins of ~79 ms: the three saccades' shapes, at half the cost of T=8 on a CPU
         config={"num_classes": 10, "in_channels": 2, "max_time_steps": 4, "drop_path_rate": 0.0},
-        neuron={"kind": "plif", "tau": 2.0},
+        # decay_input off: a neuron's first step sees its whole input (H = X), so the sparse spiking
+        # tokenizer passes on more of the digit early in training (faster learning on 3,600 digits)
+        neuron={"kind": "plif", "tau": 2.0, "decay_input": False},
         time_steps=4,
         max_time_steps=4,
         data="nmnist5k",
         train=TrainConfig(
-            epochs=24,
+            epochs=40,
             batch_size=32,
             optimizer="adamw",
             lr=3e-3,
             weight_decay=0.05,
-            warmup_epochs=0.5,
+            warmup_epochs=1.0,
+            label_smoothing=0.1,
             grad_clip=5.0,
-            patience=8,
+            patience=10,
             seed=1,
         ),
         description="Spikeformer (2 tokenizer blocks, 2 space-time attention blocks, dim 64, PLIF) on "
