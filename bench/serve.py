@@ -410,6 +410,13 @@ def main() -> int:
     repeats = f"{args.engine_repeats} interleaved repeats"
     print(f"In-process check (Engine.run_batch, batch {args.max_batch_size}, {repeats}, no HTTP):")
     wall, cpu = engine_seconds["wall"], engine_seconds["cpu"]
+    from models.kernels.lif import auto_timings
+
+    timings = auto_timings("cpu")
+    if timings:  # what "auto" measured in this process (each server measures for itself the same way)
+        fastest = min(timings, key=timings.__getitem__)
+        listed = ", ".join(f"{name} {seconds * 1000:.2f} ms" for name, seconds in timings.items())
+        print(f"  neuron backend 'auto' chose {fastest} ({listed} on its test layer)")
     for level in wall:
         print(f"  telemetry {level:<7}: wall {min(wall[level]) * 1000:7.1f} ms min, "
               f"{statistics.median(wall[level]) * 1000:7.1f} ms median; "

@@ -41,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="override the recipe's seed")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (mixed precision on CUDA)")
     train.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)"
+    )
+    train.add_argument(
         "--no-alias", action="store_true", help="do not point the 'production' alias at the result"
     )
     train.add_argument("--cache-dir", type=Path, metavar="PATH", help="emulated-events cache (nmnist5k)")
@@ -92,8 +95,14 @@ def _fail(command: str, exc: BaseException) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import torch
+
     from training.recipes import get_recipe
     from training.run import run_recipe
+
+    if args.threads is not None:
+        # on a CPU shared with other jobs, one thread wastes less time waiting for the others
+        torch.set_num_threads(args.threads)
 
     try:
         recipe = get_recipe(args.recipe).with_overrides(

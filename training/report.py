@@ -26,12 +26,39 @@ from training.pipelines import dataset_pipeline
 from training.recipes import RECIPES
 
 
+def recipe_table() -> str:
+    """Markdown: what each recipe fixes (architecture, config, neuron, T, data, optimiser, schedule, seed)."""
+    lines = [
+        "| recipe | architecture and config | neuron | T | data | optimiser | schedule | seed |",
+        "| --- | --- | --- | ---: | --- | --- | --- | ---: |",
+    ]
+    for name, recipe in sorted(RECIPES.items()):
+        train = recipe.train
+        config = ", ".join(
+            f"{k}={v}" for k, v in recipe.config.items() if k not in ("num_classes", "in_channels")
+        )
+        neuron = ", ".join(f"{k}={v}" for k, v in recipe.neuron.items())
+        optimiser = f"{train.optimizer}, lr {train.lr:g}, weight decay {train.weight_decay:g}"
+        optimiser += f", batch {train.batch_size}"
+        schedule = (
+            f"{train.epochs} epochs max, {train.warmup_epochs:g} warm-up, cosine to {train.min_lr_ratio:g}x, "
+            f"early stop after {train.patience}, label smoothing {train.label_smoothing:g}, "
+            f"clip {train.grad_clip}, shifts ±{recipe.max_shift} px"
+        )
+        lines.append(
+            f"| `{name}` | `{recipe.architecture}`: {config} | {neuron} | {recipe.time_steps} | "
+            f"{recipe.data} | {optimiser} | {schedule} | {train.seed} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--registry", type=Path, default=Path("zoo"))
     parser.add_argument("--real", type=Path, default=DEFAULT_REAL, help="a real N-MNIST .bin recording")
     args = parser.parse_args(argv)
     registry = Registry(args.registry)
+    print(recipe_table(), end="\n\n")
 
     print("| model | architecture | parameters | weights | T | data | top-1 (test) | spike rate | "
           "SOPs / sample | MACs / sample | energy / sample | training |")  # fmt: skip
