@@ -17,8 +17,8 @@ Conventions, as SNN papers report them (45 nm figures, Horowitz 2014):
 from __future__ import annotations
 
 import contextlib
-import weakref
 import threading
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -62,7 +62,12 @@ class LayerTelemetry:
     spike_rate: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "neurons": self.neurons, "spikes": self.spikes, "spike_rate": self.spike_rate}
+        return {
+            "name": self.name,
+            "neurons": self.neurons,
+            "spikes": self.spikes,
+            "spike_rate": self.spike_rate,
+        }
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,9 @@ class TelemetryRecorder:
     def _name(self, module: nn.Module) -> str:
         return self._names.get(id(module), type(module).__name__)
 
-    def record_spikes(self, module: nn.Module, spikes_per_sample: torch.Tensor, neurons: int, time_steps: int) -> None:
+    def record_spikes(
+        self, module: nn.Module, spikes_per_sample: torch.Tensor, neurons: int, time_steps: int
+    ) -> None:
         """A spiking layer fired ``spikes_per_sample`` ([B] int) over ``time_steps`` steps.
 
         ``neurons`` counts the layer's neurons for one sample at one step.
@@ -169,7 +176,9 @@ class TelemetryRecorder:
                 capacity = tally.neurons * tally.time_steps
                 total_spikes += spikes
                 total_capacity += capacity
-                layers.append(LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0))
+                layers.append(
+                    LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0)
+                )
             sops = float(sum(float(c[b]) for c in sop_counts))
             energy_pj = E_MAC_PJ * mac_total + E_AC_PJ * sops
             samples.append(

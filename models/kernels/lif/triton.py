@@ -107,7 +107,7 @@ def _lif_fwd_kernel(
         # [BLOCK] input of step t
         b_x = tl.load(p_x_b + t * stride_xt, mask=m_f, other=0.0).to(COMPUTE)
         # H[t], in the reference's order of operations (bit-exact in float32)
-        if DECAY_INPUT:  # noqa: SIM108  (one branch is compiled; a ternary would read worse)
+        if DECAY_INPUT:  # one branch is compiled; a ternary would read worse
             b_h = b_v + (b_x - (b_v - v_rest)) * b_k
         else:
             b_h = b_v - (b_v - v_rest) * b_k + b_x
