@@ -168,7 +168,7 @@ class _FragileNet(SpikingModel):
 
 if "fragile_net" not in list_models():
 
-    @register_model
+    @register_model(default_input={"time_steps": 2, "shape": (1, 4, 4)})
     def fragile_net(**config: Any) -> nn.Module:
         return _FragileNet(**config)
 
