@@ -128,7 +128,7 @@ _add(
             warmup_epochs=0.5,
             label_smoothing=0.1,
             grad_clip=5.0,
-            patience=6,
+            patience=10,
             seed=0,
         ),
         description="DANet ResNet-18 (dense additive connections, small stem, base width 16, LIF) on "
