@@ -13,6 +13,7 @@ from typing import Any, Literal
 from registry.manifest import EventInput, ImageInput, TimeSteps
 from training.datasets import EMULATION_SEED, MNIST_MEAN, MNIST_STD
 from training.emulator import EmulatorConfig
+from training.pipelines import Augment
 from training.trainer import TrainConfig
 
 DatasetName = Literal["mnist5k", "nmnist5k"]
@@ -31,7 +32,7 @@ class Recipe:
     max_time_steps: int  # the largest T a request may ask for (the manifest's time_steps.max)
     data: DatasetName
     train: TrainConfig
-    max_shift: int = 2  # random-shift augmentation, pixels
+    augment: Augment = field(default_factory=lambda: Augment(max_shift=2))  # training samples only
     description: str = ""
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)  # nmnist5k only
     emulation_seed: int = EMULATION_SEED  # nmnist5k only
@@ -87,7 +88,7 @@ _add(
         max_time_steps=4,
         data="nmnist5k",
         train=TrainConfig(
-            epochs=40,
+            epochs=26,
             batch_size=32,
             optimizer="adamw",
             lr=3e-3,
@@ -98,6 +99,7 @@ _add(
             patience=10,
             seed=1,
         ),
+        augment=Augment(max_shift=2, max_rotation_deg=10.0, max_scale=0.1),
         description="Spikeformer (2 tokenizer blocks, 2 space-time attention blocks, dim 64, PLIF) on "
         "emulated N-MNIST recordings of MNIST-5k digits, 34x34x2 event frames in 4 time bins",
     )

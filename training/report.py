@@ -43,7 +43,13 @@ def recipe_table() -> str:
         schedule = (
             f"{train.epochs} epochs max, {train.warmup_epochs:g} warm-up, cosine to {train.min_lr_ratio:g}x, "
             f"early stop after {train.patience}, label smoothing {train.label_smoothing:g}, "
-            f"clip {train.grad_clip}, shifts ±{recipe.max_shift} px"
+            f"clip {train.grad_clip}"
+        )
+        augment = recipe.augment
+        schedule += f"; shifts ±{augment.max_shift} px" + (
+            f", rotations ±{augment.max_rotation_deg:g}°, zoom ±{augment.max_scale:.0%}"
+            if augment.max_rotation_deg or augment.max_scale
+            else ""
         )
         lines.append(
             f"| `{name}` | `{recipe.architecture}`: {config} | {neuron} | {recipe.time_steps} | "

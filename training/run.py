@@ -45,7 +45,7 @@ def recipe_data(recipe: Recipe, split: str, *, cache_dir: Path | None = None) ->
         recipe.data,
         split,  # type: ignore[arg-type]
         time_steps=recipe.time_steps,
-        max_shift=recipe.max_shift if split == "train" else 0,
+        augment=recipe.augment if split == "train" else None,
         emulator=recipe.emulator,
         emulation_seed=recipe.emulation_seed,
         cache_dir=cache_dir,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.base import reset_state
+from training.evaluate import evaluate_model
 from training.pipelines import Pipeline
 
 
@@ -127,18 +128,12 @@ def _autocast(
     return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
-@torch.no_grad()
 def accuracy(
     model: nn.Module, data: Pipeline, batch_size: int = 128, device: str | torch.device = "cpu"
 ) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on every sample of ``data``."""
-    model.eval()
-    correct = 0
-    for x, y in data.batches(batch_size):
-        logits = model(x.to(device))
-        reset_state(model)
-        correct += int((logits.argmax(dim=1).cpu() == y).sum())
-    return correct / max(1, len(data))
+    correct, n, _ = evaluate_model(model, data, batch_size=batch_size, device=device)
+    return correct / max(1, n)
 
 
 def _limited(batches: Iterator, limit: int | None) -> Iterator:
@@ -234,7 +229,11 @@ def train(
             f"epoch {epoch}: loss {stats.train_loss:.4f} train acc {stats.train_accuracy:.4f} "
             f"val acc {val_accuracy:.4f}{' *' if improved else ''} lr {stats.lr:.2e} ({stats.seconds:.0f} s)"
         )
-        if config.patience is not None and epoch - result.best_epoch >= config.patience:
+        if (
+            config.patience is not None
+            and epoch - result.best_epoch >= config.patience
+            and epoch < config.epochs
+        ):
             result.stopped_early = True
             log(f"early stop: no better validation accuracy for {config.patience} epochs")
             break

@@ -9,6 +9,7 @@ import torch
 from models.encoding import normalize
 from registry.manifest import EventInput, ImageInput
 from training.pipelines import (
+    Augment,
     DatasetMismatchError,
     FramePipeline,
     ImagePipeline,
@@ -35,7 +36,7 @@ def test_image_batches_match_the_workers_encoding() -> None:
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labels = np.arange(5)
     pipeline = ImagePipeline(
-        images, labels, time_steps=3, mean=MNIST_SPEC.mean, std=MNIST_SPEC.std, max_shift=2
+        images, labels, time_steps=3, mean=MNIST_SPEC.mean, std=MNIST_SPEC.std, augment=Augment(max_shift=2)
     )
     x, y = pipeline.batch(torch.tensor([4, 1]))
     assert x.shape == (3, 2, 1, 28, 28) and y.tolist() == [4, 1]
@@ -49,7 +50,7 @@ def test_image_batches_match_the_workers_encoding() -> None:
 def test_frame_batches_are_time_first_and_shift_every_step_alike() -> None:
     frames = np.zeros((3, 4, 2, 34, 34), np.uint8)
     frames[:, :, 1, 17, 17] = np.arange(1, 5)[None, :]  # one pixel, counts 1..4 over the bins
-    pipeline = FramePipeline(frames, np.array([7, 8, 9]), max_shift=2)
+    pipeline = FramePipeline(frames, np.array([7, 8, 9]), augment=Augment(max_shift=2))
     x, y = pipeline.batch(torch.tensor([2]))
     assert x.shape == (4, 1, 2, 34, 34) and x.dtype == torch.float32 and y.tolist() == [9]
     assert x[:, 0, 1, 17, 17].tolist() == [1.0, 2.0, 3.0, 4.0]
@@ -57,6 +58,26 @@ def test_frame_batches_are_time_first_and_shift_every_step_alike() -> None:
     for sample in range(3):
         where = [tuple(shifted[t, sample, 1].nonzero()[0].tolist()) for t in range(4)]
         assert len(set(where)) == 1  # one shift for the whole recording, not one per bin
+
+
+def test_affine_augment_rotates_and_zooms_each_sample_and_keeps_counts_whole() -> None:
+    batch = torch.zeros(16, 3, 21, 21)
+    batch[:, :, 4:17, 9:12] = 2.0  # a vertical bar of count 2 in every sample and channel
+    augment = Augment(max_shift=1, max_rotation_deg=30.0, max_scale=0.2)
+    warped = augment(batch, torch.Generator().manual_seed(0), mode="nearest")
+    assert warped.shape == batch.shape
+    assert set(warped.unique().tolist()) <= {0.0, 2.0}  # nearest: counts stay whole numbers
+    assert torch.equal(warped[:, 0], warped[:, 2])  # one warp a sample, the same for every channel
+    masses = warped.sum(dim=(1, 2, 3)) / batch[0].sum()
+    assert masses.min() > 0.6 and masses.max() < 1.5  # moved and turned, not lost
+    assert len({tuple(w.flatten().tolist()) for w in warped[:, 0]}) > 8  # samples differ
+    smooth = augment(batch, torch.Generator().manual_seed(0))
+    assert not set(smooth.unique().tolist()) <= {0.0, 2.0}  # bilinear (images) blends
+
+
+def test_default_augment_does_nothing() -> None:
+    batch = torch.rand(4, 1, 8, 8)
+    assert torch.equal(Augment()(batch, torch.Generator()), batch)
 
 
 def test_batches_cover_every_sample_once() -> None:

@@ -11,6 +11,7 @@ import torch
 from registry.registry import Registry
 from service.cli import main
 from training import datasets, recipes
+from training.pipelines import Augment
 from training.recipes import Recipe
 from training.run import PRODUCTION_ALIAS, run_recipe
 from training.trainer import TrainConfig
@@ -24,7 +25,7 @@ TINY = Recipe(
     max_time_steps=8,
     data="mnist5k",
     train=TrainConfig(epochs=2, batch_size=16, lr=1e-2, warmup_epochs=0.0, max_batches=3, seed=0),
-    max_shift=1,
+    augment=Augment(max_shift=1, max_rotation_deg=10.0, max_scale=0.1),
 )
 
 

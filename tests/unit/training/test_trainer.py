@@ -10,7 +10,7 @@ import torch
 
 from models import create_model
 from training.datasets import MNIST_MEAN, MNIST_STD, mnist5k
-from training.pipelines import ImagePipeline
+from training.pipelines import Augment, ImagePipeline
 from training.trainer import TrainConfig, accuracy, cosine_with_warmup, seed_everything, train
 
 TINY = {"num_classes": 10, "in_channels": 1, "stem": "small", "base_width": 4}
@@ -26,7 +26,7 @@ def data() -> tuple[ImagePipeline, ImagePipeline]:
     val_images, val_labels, _ = mnist5k("val")
     common = {"time_steps": 2, "mean": MNIST_MEAN, "std": MNIST_STD}
     return (
-        ImagePipeline(images[:48], labels[:48], max_shift=1, **common),
+        ImagePipeline(images[:48], labels[:48], augment=Augment(max_shift=1), **common),
         ImagePipeline(val_images[:32], val_labels[:32], **common),
     )
 
