@@ -17,7 +17,7 @@ import torch.nn as nn
 from models import create_model
 from registry.manifest import Manifest, Metric
 from registry.registry import Registry
-from training.datasets import LABELS
+from training.datasets import LABELS, Split
 from training.pipelines import Pipeline, dataset_pipeline
 from training.recipes import Recipe
 from training.trainer import TrainResult, accuracy, seed_everything, train
@@ -38,12 +38,12 @@ def build_model(recipe: Recipe) -> nn.Module:
     return create_model(recipe.architecture, **recipe.config, neuron=recipe.neuron)
 
 
-def recipe_data(recipe: Recipe, split: str, *, cache_dir: Path | None = None) -> Pipeline:
-    """One split of the recipe's data set, augmented (random shifts) only for ``train``."""
+def recipe_data(recipe: Recipe, split: Split, *, cache_dir: Path | None = None) -> Pipeline:
+    """One split of the recipe's data set, augmented (``recipe.augment``) only for ``train``."""
     return dataset_pipeline(
         recipe.input_spec(),
         recipe.data,
-        split,  # type: ignore[arg-type]
+        split,
         time_steps=recipe.time_steps,
         augment=recipe.augment if split == "train" else None,
         emulator=recipe.emulator,
