@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "service.commands",
     "registry.cli",
     "training.cli",
-    "workers.cli",
+    "service.worker_command",
 )
 
 

@@ -1,15 +1,22 @@
-"""workers/cli.py: the ``spikeserve worker`` command's checks before it serves anything."""
+"""service/worker_command.py: the ``spikeserve worker`` command's checks before it serves anything."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-from tiny_zoo import IMAGE_MODEL, register_danet
+from tiny_zoo import IMAGE_MODEL, build_tiny_registry, register_danet
 
 from registry import Registry
 from service.cli import build_parser, main
-from workers.cli import _Served, check_models
+from service.worker_command import _Served, check_models
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return build_tiny_registry(Path(tmp_path_factory.mktemp("tiny-registry")))
 
 
 def test_worker_command_is_listed_with_its_flags():
