@@ -14,6 +14,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,29 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "redis-tests-admin-token"
 REDIS_URL = "redis://127.0.0.1:6379/0"  # the shared Redis; tests keep to their own key prefix
+
+
+@contextmanager
+def own_key_prefix(label: str) -> Iterator[str]:
+    """A fresh key prefix on the shared Redis, every key under it deleted afterwards.
+
+    Fails (not skips) when Redis is absent: these tests are part of the suite CI must run.
+    """
+    import pytest
+    import redis
+
+    prefix = f"test-{label}-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("these tests need Redis on 127.0.0.1:6379 (apt-get install redis-server)")
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
 
 
 def free_port() -> int:

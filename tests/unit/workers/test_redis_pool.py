@@ -14,8 +14,8 @@ import uuid
 
 import numpy as np
 import pytest
-import redis
 from prometheus_client import REGISTRY
+from redis_support import REDIS_URL, own_key_prefix
 
 from workers import errors
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
@@ -23,22 +23,13 @@ from workers.redis_pool import RedisPool
 from workers.redis_streams import StreamKeys, connect
 from workers.redis_worker import RedisWorker
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 FAST = {"heartbeat_interval_s": 0.2, "block_ms": 100}
 
 
 @pytest.fixture
 def prefix():
-    prefix = f"test-pool-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("these tests need Redis on 127.0.0.1:6379 (apt-get install redis-server)")
-    yield prefix
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
+    with own_key_prefix("pool") as prefix:
+        yield prefix
 
 
 def make_request(index: int, model: str = "m", deadline_s: float = 10.0) -> InferenceRequest:

@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
-import redis
+from redis_support import REDIS_URL, own_key_prefix
 
 from workers.redis_streams import ENQUEUE_LUA, GROUP, REPLY_LUA, StreamKeys, connect, ensure_group, field
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
 def keys():
-    prefix = f"test-streams-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("these tests need Redis on 127.0.0.1:6379 (apt-get install redis-server)")
-    yield StreamKeys(prefix)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
+    with own_key_prefix("streams") as prefix:
+        yield StreamKeys(prefix)
 
 
 def test_key_names_round_trip(keys):

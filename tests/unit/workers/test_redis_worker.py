@@ -9,34 +9,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
-import redis
+from redis_support import REDIS_URL, own_key_prefix
 
 from workers.errors import InvalidInputError
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
 from workers.redis_streams import GROUP, StreamKeys, connect, ensure_group
 from workers.redis_worker import RedisWorker
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 FAST = {"claim_idle_ms": 300, "heartbeat_interval_s": 0.2, "block_ms": 100}
 
 
 @pytest.fixture
 def keys():
-    prefix = f"test-worker-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("these tests need Redis on 127.0.0.1:6379 (apt-get install redis-server)")
-    yield StreamKeys(prefix)
-    for key in client.scan_iter(f"{prefix}:*"):
-        client.delete(key)
-    client.close()
+    with own_key_prefix("worker") as prefix:
+        yield StreamKeys(prefix)
 
 
 def make_request(index: int, model: str = "m", deadline_s: float = 10.0) -> InferenceRequest:
