@@ -13,8 +13,10 @@ def split_header(view: memoryview, magic: bytes, *, end_line: bytes | None) -> t
     With ``end_line`` the header ends after that exact line (AEDAT 3.1's ``#!END-HEADER``);
     without, at the first line that does not start with '#' (AEDAT 2.0).
     """
+    # b"#!AER-DAT3.1\r\n" names the format "AER-DAT3.1"
+    name = magic[2:].decode("ascii").strip()
     if bytes(view[: len(magic)]) != magic:
-        raise CorruptFileError(f"not an {magic[3:].decode()} file: it does not start with {magic.decode()!r}")
+        raise CorruptFileError(f"not an {name} file: it does not start with '#!{name}'")
     head = bytes(view[:MAX_HEADER_BYTES])
     lines: list[str] = []
     pos = 0
@@ -28,7 +30,5 @@ def split_header(view: memoryview, magic: bytes, *, end_line: bytes | None) -> t
         if end_line is not None and line == end_line:
             return lines, pos
     if end_line is not None or pos >= MAX_HEADER_BYTES:
-        raise CorruptFileError(
-            f"the {magic[3:].decode()} header has no end within {MAX_HEADER_BYTES:,} bytes"
-        )
+        raise CorruptFileError(f"the {name} header has no end within {MAX_HEADER_BYTES:,} bytes")
     return lines, pos

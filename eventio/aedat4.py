@@ -32,6 +32,7 @@ COMPRESSION_NAMES = {0: "none", 1: "LZ4", 2: "LZ4 high", 3: "ZSTD", 4: "ZSTD hig
 LZ4_MAGIC = b"\x04\x22\x4d\x18"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 EVENT_BYTES = 16
+EVENT_PACKET_IDENTIFIER = b"EVTS"  # the flatbuffer file identifier of dv-processing's EventPacket
 # Smallest flatbuffer around an event vector (size prefix, root offset, vtable, table, vector
 # length): a packet of S bytes cannot hold more than (S - 26) // 16 events.
 PACKET_OVERHEAD = 26
@@ -221,6 +222,14 @@ def _decompress(body: memoryview, compression: int, max_bytes: int | None) -> tu
 
 def _decode_packet(buffer: bytes) -> np.ndarray:
     """Events [N] EVENT_DTYPE of one decompressed, size-prefixed EventPacket flatbuffer."""
+    # size prefix (4 bytes), root offset (4), then the flatbuffer's file identifier: a packet of
+    # another type (FRME, IMUS) read as events would give garbage coordinates and timestamps
+    identifier = bytes(buffer[8:12])
+    if identifier != EVENT_PACKET_IDENTIFIER:
+        raise CorruptFileError(
+            f"an AEDAT4 packet of the event stream is a {identifier.decode('latin1')!r} flatbuffer, "
+            f"not an event packet ({EVENT_PACKET_IDENTIFIER.decode()})"
+        )
     reader = FlatBufferReader(buffer, "AEDAT4 event packet")
     root = reader.root(4)  # skip the uint32 size prefix
     elements_pos = reader.field(root, 0)

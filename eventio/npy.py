@@ -47,10 +47,16 @@ def read_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bo
     try:
         header = ast.literal_eval(bytes(view[start : start + header_len]).decode(encoding))
         dtype = np.lib.format.descr_to_dtype(header["descr"])
-        shape = tuple(int(n) for n in header["shape"])
-        fortran_order = bool(header["fortran_order"])
+        shape = header["shape"]
+        fortran_order = header["fortran_order"]
     except (ValueError, SyntaxError, TypeError, KeyError, UnicodeDecodeError, MemoryError, RecursionError):
         raise CorruptFileError("the .npy header is not readable") from None
+    # numpy writes a tuple of ints and a bool: a string shape ('12' would iterate as (1, 2)) or a
+    # float one (2.5 would truncate to 2) describes some other array than the bytes hold
+    if not isinstance(shape, tuple) or not all(type(n) is int for n in shape):
+        raise CorruptFileError(f"the .npy header's shape must be a tuple of integers, got {shape!r:.80}")
+    if not isinstance(fortran_order, bool):
+        raise CorruptFileError("the .npy header's fortran_order must be True or False")
     if dtype.hasobject:
         raise CorruptFileError(".npy arrays of Python objects need pickle, which is never loaded")
     if any(n < 0 for n in shape):

@@ -115,25 +115,31 @@ def events_to_frames(
     return counts.reshape(time_steps, 2, height, width).astype(np.float32)
 
 
+def _offsets_from(t: np.ndarray, start: int) -> np.ndarray:
+    """t - start as [N] uint64, exact for every int64 t >= start (t - start in int64 can wrap)."""
+    return t.astype(np.uint64) - np.uint64(start % (1 << 64))
+
+
 def _bin_index(
     t: np.ndarray, time_steps: int, binning: str, time_window_us: int | None, event_count: int | None
 ) -> np.ndarray:
     """Time bin of every event, [N] int64 >= 0 (values >= time_steps are dropped by the caller)."""
     if binning == "time_bins":
-        start = t.min()
-        duration = int(t.max() - start)
+        start, end = int(t.min()), int(t.max())
+        duration = end - start  # a Python int: timestamps may span more than int64 holds
         if duration == 0:
             return np.zeros(len(t), dtype=np.int64)
-        offset = t - start
+        offset = _offsets_from(t, start)
         if duration <= np.iinfo(np.int64).max // time_steps:
-            bins = offset * time_steps // duration  # exact integer arithmetic
+            bins = offset.astype(np.int64) * time_steps // duration  # exact integer arithmetic
         else:  # a recording of over ~10^16 us / T: float is the only way, and precise enough there
             bins = np.floor(offset.astype(np.float64) * (time_steps / duration)).astype(np.int64)
         return np.minimum(bins, time_steps - 1)
     if binning == "time_window":
         if time_window_us is None or time_window_us < 1:
             raise ValueError("binning 'time_window' needs time_window_us >= 1")
-        return (t - t.min()) // int(time_window_us)
+        windows = _offsets_from(t, int(t.min())) // np.uint64(time_window_us)
+        return np.minimum(windows, np.uint64(time_steps)).astype(np.int64)  # >= T: dropped
     if binning == "event_count":
         if event_count is None or event_count < 1:
             raise ValueError("binning 'event_count' needs event_count >= 1")

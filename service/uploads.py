@@ -25,7 +25,10 @@ async def read_upload(request: Request, field: str = UPLOAD_FIELD) -> tuple[byte
         return await request.body(), content_type
     form = await request.form()
     try:
-        upload = form.get(field)
+        parts = form.getlist(field)
+        if len(parts) > 1:  # taking one of them would answer for a file the client may not mean
+            raise BadRequestError(f"the multipart upload holds {len(parts)} '{field}' parts; send one")
+        upload = parts[0] if parts else None
         if not isinstance(upload, UploadFile):
             raise BadRequestError(f"a multipart upload needs the file in a field named '{field}'")
         data = await upload.read()

@@ -49,7 +49,8 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 def _resolve(state: ServiceState, name: str, version: str | None) -> Any:
     if version is None:
         return state.resolver.resolve(name)
-    if not version.isdigit():
+    # ASCII digits only: str.isdigit() also takes '¹' (which int() refuses) and '١' (which int() reads as 1)
+    if not (version.isascii() and version.isdigit()):
         raise ModelNotFoundError(f"model {name!r} has no version {version!r}: versions are positive integers")
     return state.resolver.resolve(f"{name}:{int(version)}")
 
@@ -229,6 +230,8 @@ def _images(payload: V2InferRequest, manifest: Any) -> list[np.ndarray]:
         )
     try:
         flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+    except OverflowError:  # a JSON integer such as 10**400 has no float32 (nor float64) value
+        raise InvalidInputError(f"input '{INPUT_NAME}' holds a number too large for FP32") from None
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"input '{INPUT_NAME}' data is not a list of numbers: {exc}") from None
     needed = int(np.prod(shape))

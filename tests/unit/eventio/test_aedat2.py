@@ -46,3 +46,9 @@ def test_partial_record_and_limit() -> None:
         read_aedat2(data[:-3])
     with pytest.raises(LimitExceededError):
         read_aedat2(data, max_events=4)
+
+
+def test_a_body_without_the_magic_names_the_format_whole() -> None:
+    with pytest.raises(CorruptFileError) as raised:
+        read_aedat2(b"hello, not a recording")
+    assert str(raised.value) == "not an AER-DAT2.0 file: it does not start with '#!AER-DAT2.0'"

@@ -65,3 +65,9 @@ def test_limit_is_checked_from_packet_headers() -> None:
 def test_header_without_end_is_corrupt() -> None:
     with pytest.raises(CorruptFileError, match="no end"):
         read_aedat3(b"#!AER-DAT3.1\r\n#Format: RAW\r\n" + bytes(28))
+
+
+def test_a_body_without_the_magic_names_the_format_whole() -> None:
+    with pytest.raises(CorruptFileError) as raised:
+        read_aedat3(b"hello, not a recording")
+    assert str(raised.value) == "not an AER-DAT3.1 file: it does not start with '#!AER-DAT3.1'"

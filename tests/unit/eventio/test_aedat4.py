@@ -139,10 +139,11 @@ def test_lz4_frame_claiming_a_huge_content_size_is_refused_before_decompressing(
 
 
 def _lz4_bomb(megabytes: int) -> bytes:
-    """An LZ4 frame of ``megabytes`` MB of zeros that does not state its size."""
+    """An LZ4 frame of an empty event packet and ``megabytes`` MB of zeros that does not state its size."""
     compressor = lz4.frame.LZ4FrameCompressor()  # begin() without source_size: no size
     chunk = bytes(MB)
-    parts = [compressor.begin()] + [compressor.compress(chunk) for _ in range(megabytes)]
+    parts = [compressor.begin(), compressor.compress(event_packet(b"", 0))]
+    parts += [compressor.compress(chunk) for _ in range(megabytes)]
     return b"".join([*parts, compressor.flush()])
 
 
@@ -216,3 +217,23 @@ def test_packet_count_limit(random_events) -> None:
 def test_writer_refuses_events_off_the_sensor(random_events) -> None:
     with pytest.raises(ValueError, match="outside"):
         write_aedat4(random_events(10, width=64), (34, 34))
+
+
+def test_a_frame_packet_on_the_event_stream_is_refused(random_events) -> None:
+    """A packet whose flatbuffer says FRME (a frame) is no event packet, whatever stream carries it."""
+    events = random_events(10)
+    packet = bytearray(event_packet(_wire_elements(events), len(events)))
+    assert packet[8:12] == b"EVTS"
+    packet[8:12] = b"FRME"
+    with pytest.raises(CorruptFileError, match="FRME"):
+        read_aedat4(_file([bytes(packet)]))
+    assert len(read_aedat4(_file([event_packet(_wire_elements(events), len(events))])).events) == 10
+
+
+def _wire_elements(events: np.ndarray) -> bytes:
+    """events [N] EVENT_DTYPE -> dv-processing's 16-byte wire events (t int64, x, y int16, on, pad)."""
+    wire = np.zeros(
+        len(events), dtype=[("t", "<i8"), ("x", "<i2"), ("y", "<i2"), ("on", "u1"), ("pad", "V3")]
+    )
+    wire["t"], wire["x"], wire["y"], wire["on"] = events["t"], events["x"], events["y"], events["p"]
+    return wire.tobytes()

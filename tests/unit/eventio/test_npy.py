@@ -90,3 +90,20 @@ def test_header_reports_shape_and_offset() -> None:
     dtype, shape, fortran, offset = read_header(data)
     assert (dtype, shape, fortran) == (np.dtype("u1"), (2, 3), False)
     assert len(data) - offset == 6
+
+
+def _npy_with_header(header: str, payload: bytes = bytes(64)) -> bytes:
+    text = header.encode("latin1")
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + payload
+
+
+@pytest.mark.parametrize("shape", ["'12'", "(2.5, 3)", "(2, 3.0)", "(True, 3)", "[2, 3]"])
+def test_a_shape_that_is_not_a_tuple_of_integers_is_corrupt(shape: str) -> None:
+    """A string shape would iterate as its characters, a float one truncate: both describe other bytes."""
+    data = _npy_with_header(f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}")
+    with pytest.raises(CorruptFileError, match="shape"):
+        read_header(data)
+    assert read_header(_npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }"))[
+        1
+    ] == (2, 3)

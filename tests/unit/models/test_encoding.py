@@ -124,3 +124,26 @@ def test_normalize_per_channel() -> None:
     np.testing.assert_allclose(normalize(image, (0.5,), (0.5,))[1], 1.0)
     with pytest.raises(ValueError, match="mean needs"):
         normalize(image, (0.1, 0.2, 0.3), (1.0,))
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        [-(2**62), 0, 2**62],  # a span of exactly 2**63: one past what int64 holds
+        [-(2**63), 0, 2**63 - 1],  # the widest span int64 timestamps allow
+    ],
+)
+def test_time_bins_over_a_span_past_int64(t: list[int]) -> None:
+    """Span and offsets are computed without wrapping: events spread over the bins, not all in bin 0."""
+    events = make_events(
+        np.zeros(3, np.int64), np.zeros(3, np.int64), np.array(t, np.int64), np.ones(3, np.int64)
+    )
+    frames = events_to_frames(events, (1, 1), time_steps=2, binning="time_bins")
+    assert frames[:, 1, 0, 0].tolist() == [1.0, 2.0]
+
+
+def test_time_window_over_a_span_past_int64() -> None:
+    t = np.array([-(2**63), -(2**63) + 5, 2**63 - 1], np.int64)
+    events = make_events(np.zeros(3, np.int64), np.zeros(3, np.int64), t, np.ones(3, np.int64))
+    frames = events_to_frames(events, (1, 1), time_steps=2, binning="time_window", time_window_us=10)
+    assert frames[:, 1, 0, 0].tolist() == [2.0, 0.0]

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from service_support import StaticPool, make_client, npy_bytes, png_bytes
 
 from eventio import make_events
+from eventio.aedat4 import write_aedat4
 from service.settings import Settings
 
 NPY = {"content-type": "application/x-npy"}
@@ -195,3 +196,52 @@ def test_same_input_same_answer_whatever_came_before(serving: TestClient) -> Non
         ).is_success
     again = serving.post(f"{CLASSIFY}?top_k=10", content=probe, headers=NPY).json()["predictions"]
     assert first == again
+
+
+def test_a_multipart_upload_with_two_file_parts_is_refused(static_app: tuple[TestClient, StaticPool]) -> None:
+    """Taking either part would answer for a file the client may not have meant."""
+    client, pool = static_app
+    one, two = npy_bytes(digit(1)), npy_bytes(digit(2))
+    files = [("file", ("a.npy", one, "application/x-npy")), ("file", ("b.npy", two, "application/x-npy"))]
+    status, code, message = error_of(client.post(CLASSIFY, files=files))
+    assert (status, code) == (400, "bad_request") and "2 'file' parts" in message
+    assert not pool.submitted
+    assert client.post(CLASSIFY, files=files[:1]).status_code == 200
+
+
+@pytest.mark.parametrize("shape", ["'28'", "(28.0, 28)"])
+def test_an_npy_image_whose_header_shape_is_not_integers_is_a_400(
+    static_app: tuple[TestClient, StaticPool], shape: str
+) -> None:
+    client, pool = static_app
+    header = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(28 * 28)
+    status, code, message = error_of(client.post(CLASSIFY, content=data, headers=NPY))
+    assert (status, code) == (400, "undecodable_input") and "shape" in message
+    assert not pool.submitted
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("aedat2", "AER-DAT2.0"), ("aedat3", "AER-DAT3.1")])
+def test_a_stated_aedat_format_on_other_bytes_names_it_whole(
+    static_app: tuple[TestClient, StaticPool], fmt: str, name: str
+) -> None:
+    client, _ = static_app
+    status, code, message = error_of(client.post(f"{EVENTS}?format={fmt}", content=b"x" * 100))
+    assert (
+        (status, code) == (400, "undecodable_input")
+        and f"not an {name} file" in message
+        and f"'#!{name}'" in message
+    )
+
+
+def test_an_aedat4_frame_packet_on_the_event_stream_is_a_400(
+    static_app: tuple[TestClient, StaticPool],
+) -> None:
+    client, pool = static_app
+    data = bytearray(write_aedat4(recording(50), (34, 34), compression="none"))
+    at = data.rindex(b"EVTS")  # the packet's flatbuffer identifier (the header's XML names EVTS earlier)
+    data[at : at + 4] = b"FRME"
+    status, code, message = error_of(client.post(EVENTS, content=bytes(data)))
+    assert (status, code) == (400, "undecodable_input") and "FRME" in message
+    assert not pool.submitted

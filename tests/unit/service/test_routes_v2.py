@@ -96,3 +96,35 @@ def test_malformed_json_unknown_model_and_event_models(serving: TestClient) -> N
     assert unknown.status_code == 404
     events = serving.post("/v2/models/tiny-spikeformer/infer", json={"inputs": [tensor([2, 34, 34])]})
     assert events.status_code == 422 and "/events" in events.json()["error"]
+
+
+def test_a_number_past_the_float_range_is_a_4xx(static_app: tuple[TestClient, Any]) -> None:
+    client, pool = static_app
+    data = ["0.5"] * 783 + [str(10**400)]  # a JSON integer Python reads exactly, and float32 cannot hold
+    tensor_json = (
+        '{"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": [' + ",".join(data) + "]}"
+    )
+    body = '{"inputs": [' + tensor_json + "]}"
+    response = client.post(
+        "/v2/models/tiny-danet/infer", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert "too large" in response.json()["error"] and not pool.submitted
+
+
+@pytest.mark.parametrize("version", ["¹", "²", "١", "１"])
+def test_versions_are_ascii_digits_only(static_app: tuple[TestClient, Any], version: str) -> None:
+    """Superscripts pass str.isdigit() but not int(); Arabic-Indic and full-width digits would read as 1."""
+    client, pool = static_app
+    for path in (
+        f"/v2/models/tiny-danet/versions/{version}",
+        f"/v2/models/tiny-danet/versions/{version}/ready",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert "positive integers" in response.json()["error"]
+    infer = client.post(
+        f"/v2/models/tiny-danet/versions/{version}/infer", json={"inputs": [tensor([1, 28, 28])]}
+    )
+    assert infer.status_code == 404 and not pool.submitted
+    assert client.get("/v2/models/tiny-danet/versions/1").status_code == 200
