@@ -21,7 +21,7 @@ from registry import Registry
 from service.auth import announce_generated_token, make_credentials
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
-from service.metrics import RequestMetricsMiddleware
+from service.metrics import RequestMetricsMiddleware, set_queue_limit
 from service.resolve import RefResolver
 from service.routes import ROUTERS
 from service.routes.v2 import SERVER_VERSION
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         lifespan=lifespan,
     )
     app.state.spikeserve = state
+    set_queue_limit(settings)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

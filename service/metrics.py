@@ -3,6 +3,8 @@
 - ``spikeserve_requests_total{model,version,route,status}``: every answered request to a route.
 - ``spikeserve_request_duration_seconds{model,route}``: histogram, from first byte in to answer out.
 - ``spikeserve_queue_depth{model}``: gauge, read from the worker pool at scrape time.
+- ``spikeserve_queue_limit``: gauge, the waiting requests past which new ones get 503 ``queue_full``
+  (so an alert can compare depth with it instead of repeating a setting).
 
 ``route`` is the route's template (``/v1/models/{ref}/classify``), never the raw path, and
 ``model``/``version`` are set only once a reference resolved, so label values stay bounded. The
@@ -31,6 +33,10 @@ REQUEST_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 QUEUE_DEPTH = Gauge("spikeserve_queue_depth", "Requests waiting for a batch.", ["model"])
+QUEUE_LIMIT = Gauge(
+    "spikeserve_queue_limit",
+    "Waiting requests past which new ones are answered 503 (per process; per model when distributed).",
+)
 
 # routes that are not worth a time series of their own (scrapes, probes)
 _UNCOUNTED = frozenset({"/metrics", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -91,6 +97,11 @@ def refresh_queue_depth(pool: Any) -> None:
     for model, depth in depths.items():
         QUEUE_DEPTH.labels(model).set(depth)
     _known_depth_labels.update(depths)
+
+
+def set_queue_limit(settings: Any) -> None:
+    """Export the limit this process enforces: the Redis backlog per model, or the embedded queue."""
+    QUEUE_LIMIT.set(settings.redis_max_backlog if settings.redis_url else settings.max_queue_size)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -6,7 +6,8 @@ import numpy as np
 from prometheus_client import REGISTRY
 from service_support import StaticPool, npy_bytes
 
-from service.metrics import refresh_queue_depth
+from service.metrics import refresh_queue_depth, set_queue_limit
+from service.settings import Settings
 
 ROUTE = "/v1/models/{ref}/classify"
 NPY = {"content-type": "application/x-npy"}
@@ -64,6 +65,14 @@ def test_queue_depth_follows_the_pool_and_drains_to_zero() -> None:
     refresh_queue_depth(pool)
     assert value("spikeserve_queue_depth", model="depth-a") == 0
     assert value("spikeserve_queue_depth", model="depth-b") == 2
+
+
+def test_queue_limit_is_the_one_this_process_enforces() -> None:
+    # embedded: the batcher's queue; distributed: each model's Redis backlog
+    set_queue_limit(Settings(max_queue_size=77, redis_max_backlog=9000))
+    assert value("spikeserve_queue_limit") == 77
+    set_queue_limit(Settings(redis_url="redis://127.0.0.1:6379/0", max_queue_size=77, redis_max_backlog=9000))
+    assert value("spikeserve_queue_limit") == 9000
 
 
 def test_metrics_exposes_the_request_and_worker_families(serving) -> None:  # type: ignore[no-untyped-def]
