@@ -7,7 +7,7 @@ REGISTRY ?= zoo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup test test-fast lint serve bench clean
+.PHONY: setup system-deps test test-fast lint serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# System packages the tests need: TorchServe's frontend runs on Java 17.
+system-deps:
+	command -v java >/dev/null || (apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless)
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "registry.cli",
     "training.cli",
     "service.worker_command",
+    "service.export_command",
 )
 
 
