@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from models import telemetry
 from models.base import reset_state, set_backend, spiking_layers
-from models.kernels.lif import resolve_backend
+from models.kernels.lif import eager_neurons, resolve_backend
 from models.layers import SeqBatchNorm1d, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import MultiStepNeuron
 
@@ -243,6 +243,39 @@ class InferenceModel:
             static_out = self._forward(static_x, recording)
         capture = self._captures[key] = _Capture(graph, static_x, static_out, tape.calls)
         return capture
+
+    def run_eager(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [T, B, C, H, W] -> logits [B, classes]`` with no compiled code, no graph and the neurons
+        on the torch backend: nothing to build at a new T, so it never waits for a compilation.
+
+        Takes no lock: in inference the network holds no state between calls (neurons start each
+        forward from rest), so it may run beside a replay, or beside ``prepare`` compiling another T.
+        """
+        x = x.to(device=self._device, dtype=self._dtype, non_blocking=True)
+        with torch.inference_mode(), eager_neurons():
+            return self.model(x)
+
+    def needs_preparation(self) -> bool:
+        """Whether the first call at a new T compiles or captures something (and so takes long)."""
+        return self._compiled is not None or self.report.cuda_graphs or self.report.neuron_backend != "torch"
+
+    def prepare(self, time_steps: int, sample_shape: Sequence[int]) -> None:
+        """Compile, then capture, everything a call at ``time_steps`` will use (any thread).
+
+        Compilation runs outside the call lock, so this model keeps answering the T values it is
+        prepared for meanwhile; only each graph capture (compiled code already built) takes it.
+        """
+        for batch in self._buckets:
+            x = torch.zeros((time_steps, batch, *sample_shape), dtype=self._dtype, device=self._device)
+            with torch.inference_mode():
+                self._forward(x, False)
+                with telemetry.record(self.model):
+                    self._forward(x, True)
+            reset_state(self.model)
+            if not self.report.cuda_graphs:
+                break  # without graphs, shapes other than T share the compiled code
+        if self.report.cuda_graphs:
+            self.warm_up(time_steps, sample_shape)
 
     def warm_up(
         self, time_steps: int, sample_shape: Sequence[int], batch_sizes: Sequence[int] | None = None

@@ -80,6 +80,8 @@ class EmbeddedPool(WorkerPool):
         self._ready = False
         if self._batcher is not None:
             await self._batcher.stop()
+        if self._engine is not None:
+            self._engine.close()
 
     async def load_model(self, name: str, version: int) -> None:
         """Load and warm up ``name:version`` off the event loop (the engine loads each version once,

@@ -14,11 +14,13 @@ This module imports torch; ``workers.embedded`` imports it only when the pool st
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ import torch.nn as nn
 
 from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
+from models.kernels.lif import eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
 from registry import errors as registry_errors
 from workers import metrics
@@ -37,6 +40,7 @@ log = logging.getLogger("spikeserve.engine")
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+PREPARING_SWITCH_INTERVAL_S = 0.0002
 
 
 @dataclass
@@ -45,6 +49,10 @@ class LoadedModel:
 
     ``module`` is the network (reset it, record its telemetry); ``forward`` runs it, through
     ``models.optimize.InferenceModel`` (BN folded, bf16 and CUDA graphs on a GPU) when optimised.
+    ``run_eager`` runs it with nothing compiled or captured: the way to answer a T at once while
+    ``forward`` is still being prepared for it (``needs_preparation``: a first call at a new T
+    compiles a fused neuron backend or captures CUDA graphs). ``prepared_steps``: the T values
+    ``forward`` is ready for.
     """
 
     manifest: Any  # registry.manifest.Manifest
@@ -53,6 +61,16 @@ class LoadedModel:
     sample_shape: tuple[int, int, int]
     kind: str  # "image" | "events"
     optimized: str = ""  # what optimize_for_inference did, for the log and /v1/workers
+    run_eager: Forward | None = None
+    needs_preparation: bool = False
+    prepared_steps: set[int] = field(default_factory=set)
+    unpreparable_steps: set[int] = field(default_factory=set)  # preparing failed: these stay eager
+
+    def forward_for(self, steps: int) -> Forward | None:
+        """The forward to use at ``steps`` now, or None when it must be prepared first."""
+        if not self.needs_preparation or steps in self.prepared_steps or self.run_eager is None:
+            return self.forward
+        return self.run_eager if steps in self.unpreparable_steps else None
 
 
 def _sample_shape(manifest: Any) -> tuple[int, int, int]:
@@ -88,6 +106,15 @@ def _failed(
     )
 
 
+def _eager_runner(module: nn.Module) -> Forward:
+    def run_eager(x: torch.Tensor) -> torch.Tensor:
+        """x: [T, B, C, H, W] -> logits [B, classes], the neurons on the torch backend."""
+        with torch.inference_mode(), eager_neurons():
+            return module(x)
+
+    return run_eager
+
+
 class Engine:
     """Runs batches of ``InferenceRequest`` on the networks of one registry.
 
@@ -118,6 +145,10 @@ class Engine:
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()  # guards _models; loads happen outside it
         self._loading: dict[tuple[str, int], threading.Lock] = {}
+        # Compiling for a new T (or capturing its CUDA graphs) takes seconds to minutes: it runs
+        # here, beside the batch thread, which answers that T eagerly until it is done.
+        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spikeserve-prepare")
+        self._preparing: set[tuple[str, int, int]] = set()
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -160,8 +191,16 @@ class Engine:
             module.eval()
             set_streaming(module, False)
             set_backend(module, self.backend)
-            loaded = LoadedModel(manifest, module, module, _sample_shape(manifest), manifest.input.kind)
-            self._warm_up(loaded)
+            loaded = LoadedModel(
+                manifest,
+                module,
+                module,
+                _sample_shape(manifest),
+                manifest.input.kind,
+                run_eager=_eager_runner(module),
+                needs_preparation=resolve_backend(self.backend, self.device) != "torch",
+            )
+            self._warm_up(loaded, manifest.time_steps.default)
         log.info(
             "loaded %s on %s in %.2f s%s",
             ref,
@@ -180,27 +219,65 @@ class Engine:
             f"{len(report.folded_batchnorms)} BN folded, CUDA graphs {'on' if report.cuda_graphs else 'off'}"
         )
         loaded = LoadedModel(
-            manifest, runner.model, runner, _sample_shape(manifest), manifest.input.kind, optimized=summary
+            manifest,
+            runner.model,
+            runner,
+            _sample_shape(manifest),
+            manifest.input.kind,
+            optimized=summary,
+            run_eager=runner.run_eager,
+            needs_preparation=runner.needs_preparation(),
         )
-        self._warm_up(loaded)
+        self._warm_up(loaded, manifest.time_steps.default)
         return loaded
 
-    def _warm_up(self, loaded: LoadedModel) -> None:
-        """Run the network before the first request pays for it: one forward with and one without
-        telemetry; on a GPU, every batch-size bucket (CUDA graphs are captured here)."""
-        steps = loaded.manifest.time_steps.default
+    def _warm_up(self, loaded: LoadedModel, steps: int) -> None:
+        """Run the network at ``steps`` before a request pays for it: one forward with and one
+        without telemetry; on a GPU, every batch-size bucket (CUDA graphs are captured here)."""
         try:
-            if isinstance(loaded.forward, InferenceModel) and loaded.forward.report.cuda_graphs:
-                loaded.forward.warm_up(steps, loaded.sample_shape)
-                return
-            x = torch.zeros((steps, 1, *loaded.sample_shape), device=self.device)
-            with torch.inference_mode():
-                loaded.forward(x)
-                with telemetry.record(loaded.module) as recorder:
+            if isinstance(loaded.forward, InferenceModel):
+                loaded.forward.prepare(steps, loaded.sample_shape)
+            else:
+                x = torch.zeros((steps, 1, *loaded.sample_shape), device=self.device)
+                with torch.inference_mode():
                     loaded.forward(x)
-                recorder.report()
+                    with telemetry.record(loaded.module) as recorder:
+                        loaded.forward(x)
+                    recorder.report()
         finally:
             reset_state(loaded.module)
+        loaded.prepared_steps.add(steps)
+
+    def _prepare_later(self, loaded: LoadedModel, steps: int) -> None:
+        """Prepare ``loaded`` for ``steps`` in the preparing thread (once, however often asked)."""
+        key = (loaded.manifest.name, int(loaded.manifest.version), steps)
+        with self._lock:
+            if key in self._preparing or steps in loaded.prepared_steps:
+                return
+            self._preparing.add(key)
+        self._preparer.submit(self._prepare, loaded, steps, key)
+
+    def _prepare(self, loaded: LoadedModel, steps: int, key: tuple[str, int, int]) -> None:
+        started = time.perf_counter()
+        # Compiling is mostly Python holding the GIL; the batch thread gives it up at every torch
+        # op and, at the default 5 ms switch interval, waits up to that long to get it back: over
+        # a few hundred ops a request would take seconds. A short interval bounds that wait.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, PREPARING_SWITCH_INTERVAL_S))
+        try:
+            self._warm_up(loaded, steps)
+            log.info("prepared %s:%d for T=%d in %.2f s", *key, time.perf_counter() - started)
+        except Exception:
+            loaded.unpreparable_steps.add(steps)
+            log.exception("preparing %s:%d for T=%d failed; that T is served eagerly", *key)
+        finally:
+            sys.setswitchinterval(switch_interval)
+            with self._lock:
+                self._preparing.discard(key)
+
+    def close(self) -> None:
+        """Stop preparing: a preparation under way is abandoned with the process."""
+        self._preparer.shutdown(wait=False, cancel_futures=True)
 
     def unload(self, name: str, version: int) -> bool:
         """Forget ``name:version`` (after it was deleted from the registry). True if it was loaded."""
@@ -314,15 +391,20 @@ class Engine:
         x = self._batch_input(loaded, [array for _, array in items], steps)
         want_telemetry = any(request.telemetry != "none" for request in requests)
         model = loaded.module
+        forward = loaded.forward_for(steps)
+        if forward is None:  # never compile in this thread: every other model's batches wait on it
+            self._prepare_later(loaded, steps)
+            forward = loaded.run_eager
+        assert forward is not None
         samples: list[dict[str, Any]] = []
         try:
             with torch.inference_mode():
                 if want_telemetry:
                     with telemetry.record(model) as recorder:
-                        logits = loaded.forward(x)
+                        logits = forward(x)
                     samples = [sample.as_dict(with_layers=True) for sample in recorder.report()]
                 else:
-                    logits = loaded.forward(x)
+                    logits = forward(x)
                 probabilities = torch.softmax(logits.float(), dim=-1)
                 top_k = min(max(request.top_k for request in requests), probabilities.shape[-1])
                 top_p, top_i = torch.topk(probabilities, k=max(top_k, 1), dim=-1)

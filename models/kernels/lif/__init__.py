@@ -14,11 +14,13 @@ An explicit backend that cannot run raises ``BackendUnavailableError``; it never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -131,9 +133,30 @@ def _run_backend(backend: str, x: torch.Tensor, params: dict[str, Any]) -> LIFRe
     return multistep_lif_inductor(x, **params)
 
 
+_EAGER = threading.local()  # per thread: one thread may run eagerly while another compiles
+
+
+@contextlib.contextmanager
+def eager_neurons() -> Iterator[None]:
+    """Run every neuron on the ``torch`` backend in this thread, whatever backend it names.
+
+    A server answers a T it has not compiled for (or captured) yet this way, at once, while
+    another thread prepares the fused backend for that T.
+    """
+    before = getattr(_EAGER, "active", False)
+    _EAGER.active = True
+    try:
+        yield
+    finally:
+        _EAGER.active = before
+
+
 def multistep_lif(x: torch.Tensor, *, backend: str = "torch", **params: Any) -> LIFResult:
     """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params;
     the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes)."""
+    if not torch.compiler.is_compiling() and getattr(_EAGER, "active", False):
+        params.pop("spike_dtype", None)
+        return reference_multistep_lif(x, **params)
     return _run_backend(resolve_backend(backend, x.device), x, params)
 
 
@@ -230,6 +253,7 @@ __all__ = [
     "LIFResult",
     "auto_timings",
     "available_backends",
+    "eager_neurons",
     "multistep_lif",
     "resolve_backend",
     "set_auto_choice",

@@ -6,6 +6,8 @@ measure for real on this CPU.
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -107,3 +109,27 @@ def test_auto_measures_every_available_backend_on_this_cpu() -> None:
     timings = auto_timings(CPU)
     assert set(timings) == set(available_backends(CPU)) - {"triton"}
     assert chosen == min(timings, key=timings.__getitem__)
+
+
+def test_eager_neurons_runs_the_reference_whatever_backend_is_named() -> None:
+    """What a server does at a T not compiled yet: no compilation, no kernel, the same answer."""
+    x = torch.randn(3, 2, 17, generator=torch.Generator().manual_seed(0))
+    expected = reference(x, inv_tau=0.5, count_spikes=True)
+    with lif.eager_neurons():
+        got = lif.multistep_lif(x, backend="no-such-backend", inv_tau=0.5, count_spikes=True)
+        seen_elsewhere: list[BaseException] = []
+
+        def other_thread() -> None:  # the override is this thread's only
+            try:
+                lif.multistep_lif(x, backend="no-such-backend", inv_tau=0.5)
+            except ValueError as exc:
+                seen_elsewhere.append(exc)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    torch.testing.assert_close(got.out, expected.out)
+    torch.testing.assert_close(got.spike_count, expected.spike_count)
+    assert len(seen_elsewhere) == 1
+    with pytest.raises(ValueError, match="unknown neuron backend"):
+        lif.multistep_lif(x, backend="no-such-backend", inv_tau=0.5)
