@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Test reference for the importers. --no-deps: its declared torchvision/torchaudio would pull
+	# another torch build; the few modules it imports at run time are in the dev extra.
+	$(BIN)/pip install --quiet --no-deps spikingjelly==2.0.0
 	touch $(STAMP)
 
 setup: $(STAMP)

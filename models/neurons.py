@@ -1,4 +1,4 @@
-"""Multi-step spiking neurons over ``[T, B, ...]`` tensors: LIF, PLIF, LIAF, PLIAF.
+"""Multi-step spiking neurons over ``[T, B, ...]`` tensors: LIF, PLIF, LIAF, PLIAF, IF.
 
 Semantics match SpikingJelly's ``LIFNode`` defaults (see ``kernels/lif/reference.py`` for the
 equations): tau=2, V_th=1, V_reset=0 (None = soft reset), decay_input=True, detach_reset=True,
@@ -125,7 +125,45 @@ class PLIAF(PLIF):
     analog_output = True
 
 
-NEURONS: dict[str, type[MultiStepNeuron]] = {"lif": LIF, "plif": PLIF, "liaf": LIAF, "pliaf": PLIAF}
+class IF(MultiStepNeuron):
+    """Integrate-and-fire, no leak: H[t] = V[t-1] + X[t] (SpikingJelly's ``IFNode``).
+
+    The same kernels as LIF with 1/tau = 0 and the input not decayed, so IF layers imported from
+    SpikingJelly or NIR run on the fused paths too.
+    """
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: float | None = 0.0,
+        detach_reset: bool = True,
+        surrogate_alpha: float = 4.0,
+        backend: str = "torch",
+    ) -> None:
+        super().__init__(
+            v_threshold=v_threshold,
+            v_reset=v_reset,
+            decay_input=False,
+            detach_reset=detach_reset,
+            surrogate_alpha=surrogate_alpha,
+            backend=backend,
+        )
+
+    def inv_tau(self) -> float:
+        return 0.0
+
+    def extra_repr(self) -> str:
+        reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
+        return f"no leak, v_threshold={self.v_threshold}, {reset}, backend={self.backend}"
+
+
+NEURONS: dict[str, type[MultiStepNeuron]] = {
+    "lif": LIF,
+    "plif": PLIF,
+    "liaf": LIAF,
+    "pliaf": PLIAF,
+    "if": IF,
+}
 
 NeuronFactory = Callable[[], nn.Module]
 

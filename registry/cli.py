@@ -1,4 +1,5 @@
-"""``spikeserve registry ...``: list, show, register, alias, unalias, delete, verify, gc, export, import.
+"""``spikeserve registry ...``: list, show, register, alias, unalias, delete, verify, gc, export, import,
+and the foreign formats of ``registry/importers`` (import-spikingjelly, import-spikeformer).
 
 The registry folder is ``--registry PATH``, else ``$SPIKESERVE_REGISTRY``, else ``./zoo``. Output is a
 table for people, or JSON with ``--json``. Errors are one line on stderr and exit status 1.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import RegistryError
+from registry.importers.cli import add_import_commands
 from registry.manifest import Manifest
 from registry.refs import parse_ref
 from registry.registry import Registry
@@ -104,6 +106,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     import_ = action("import", _import, "add a .tar bundle as a new version")
     import_.add_argument("file", type=Path)
     import_.add_argument("--name", help="import under this name instead of the bundle's")
+    add_import_commands(action)
 
 
 def _run(run: Action, args: argparse.Namespace) -> int:

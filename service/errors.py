@@ -45,6 +45,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_bundle": 422,
     "load_failed": 500,
     "registry_locked": 503,
+    "not_expressible": 422,
     # the service's own
     "invalid_request": 422,
     "bad_request": 400,

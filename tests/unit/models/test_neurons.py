@@ -175,3 +175,13 @@ def test_factory_rejects_bad_settings(kwargs: dict, message: str) -> None:
 def test_rejects_input_without_time_and_batch_axes() -> None:
     with pytest.raises(ValueError, match=r"\[T, B, \.\.\.\]"):
         LIF()(torch.ones(3))
+
+
+def test_if_integrates_without_leak_on_the_lif_kernels() -> None:
+    from models.neurons import IF
+
+    x = torch.full((6, 1, 1), 0.4)
+    spikes = IF()(x).flatten().tolist()
+    assert spikes == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]  # 0.4, 0.8, 1.2 fires and resets to 0, ...
+    low_threshold = neuron_factory("if", v_threshold=0.5)()
+    assert low_threshold(torch.full((2, 1, 1), 0.3)).flatten().tolist() == [0.0, 1.0]
