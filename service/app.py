@@ -79,7 +79,9 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     for router in ROUTERS:
         app.include_router(router)
     # outermost last: metrics see the final status, including a 413 from the body limit
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s
+    )
     app.add_middleware(RequestMetricsMiddleware)
     return app
 

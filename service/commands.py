@@ -91,6 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
+    from service.connections import guarded_protocol
 
     try:
         settings = settings_from_args(args)
@@ -119,6 +120,8 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        http=guarded_protocol(settings),
     )
     return 0
 

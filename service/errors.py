@@ -53,6 +53,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
+    "too_many_connections": 503,
 }
 _CODE_BY_HTTP_STATUS = {
     400: "bad_request",

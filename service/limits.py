@@ -1,17 +1,31 @@
-"""The body-size limit, enforced while the body streams in.
+"""The body's limits, enforced while the body streams in: its size and how long it may take.
 
-A request whose ``Content-Length`` is over the limit gets 413 before one byte of its body is read.
-A chunked request (no length) is counted as it arrives: the chunk that crosses the limit makes
-``receive`` raise ``PayloadTooLargeError``, which the error table answers with 413, so the server
-never holds more than the limit (plus one chunk) of a hostile upload.
+A request whose ``Content-Length`` is over the size limit gets 413 before one byte of its body is
+read. A chunked request (no length) is counted as it arrives: the chunk that crosses the limit
+makes ``receive`` raise ``PayloadTooLargeError``, which the error table answers with 413, so the
+server never holds more than the limit (plus one chunk) of a hostile upload.
+
+The whole body must arrive within ``body_timeout_s`` of the headers: a client that sends one byte
+a second would otherwise hold a connection, a task and its buffer for as long as it likes.
+``receive`` raises ``RequestTimeoutError`` (408) when the time is up, and the answer closes the
+connection, since the rest of the body was never read.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response
-from workers.errors import PayloadTooLargeError
+from workers.errors import PayloadTooLargeError, SpikeserveError
+
+
+class RequestTimeoutError(SpikeserveError):
+    """The client did not send the request (its body) in time: HTTP 408, connection closed."""
+
+    code = "request_timeout"
 
 
 def _too_large(limit: int) -> str:
@@ -21,11 +35,13 @@ def _too_large(limit: int) -> str:
 
 
 class BodyLimitMiddleware:
-    """Pure ASGI middleware: 413 for bodies over ``max_body_bytes``, declared or streamed."""
+    """Pure ASGI middleware: 413 for bodies over ``max_body_bytes``, declared or streamed; 408 for
+    bodies not complete ``body_timeout_s`` after the headers."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float = 60.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,17 +55,37 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
+        deadline = time.monotonic() + self.body_timeout_s
+        body_done = False
+        close_after = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, close_after
+            if body_done:  # after the body, receive waits for the client to go away: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                close_after = True
+                raise RequestTimeoutError(
+                    f"the request body did not arrive within {self.body_timeout_s:g} s "
+                    "(SPIKESERVE_BODY_TIMEOUT_S)"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    close_after = True
                     raise PayloadTooLargeError(_too_large(limit))
+                body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            if close_after and message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
 
 def _content_length(scope: Scope) -> int | None:
