@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     max_events: int = 5_000_000
     request_timeout_s: float = 30.0
     # slow and idle clients (each limit answers as docs/DEPLOY.md's table of limits says)
-    header_timeout_s: float = Field(default=10.0, gt=0)  # from connect (or a request's first byte) to its headers
+    # header_timeout_s: from connecting (or a kept-alive request's first byte) to the end of the headers
+    header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=60.0, gt=0)  # from the headers to the body's last byte
     keep_alive_timeout_s: int = Field(default=5, ge=1)  # an idle kept-alive connection is closed after this
     max_connections: int = Field(default=1024, ge=1)  # open connections; the next one gets 503
