@@ -24,6 +24,7 @@ from service.limits import BodyLimitMiddleware
 from service.metrics import RequestMetricsMiddleware, set_queue_limit
 from service.resolve import RefResolver
 from service.routes import ROUTERS
+from service.routes.console import mount_console
 from service.routes.v2 import SERVER_VERSION
 from service.settings import Settings
 from service.state import ServiceState
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    mount_console(app)
     # outermost last: metrics see the final status, including a 413 from the body limit
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s

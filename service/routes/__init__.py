@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import health, inference, management, v2, workers
+from service.routes import console, health, inference, management, v2, workers
 
 ROUTERS: tuple[APIRouter, ...] = (
+    console.router,
     health.router,
     inference.router,
     management.router,

@@ -100,6 +100,9 @@ def _metadata(state: ServiceState, manifest: Any) -> dict[str, Any]:
         "parameters": {
             "version": str(manifest.version),
             "input_kind": spec.kind,
+            # the manifest's input spec (image size and normalisation, or event sensor and binning):
+            # what a client needs to prepare input the way the network receives it
+            "input": spec.model_dump(mode="json"),
             "time_steps": manifest.time_steps.model_dump(),
             "labels": list(manifest.labels),
         },
