@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 3, in one go, on a machine with no package index (under 8 minutes):
+# The GPU check of the LIF kernels, in one go, on a machine with no package index (under 8 minutes):
 #   1. install SpikingJelly 2.0 and loguru from ./wheels (bash bench/fetch_wheels.sh, run beforehand)
 #   2. the gpu-marked tests (kernels against the reference on the device, CUDA-graph capture of a
 #      whole network, fused SDPA in bf16, STA block compiled without graph breaks)

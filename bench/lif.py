@@ -2,7 +2,7 @@
 SpikingJelly 2.0 (when installed), ours; with the ratios against the baselines of the same run.
 
     .venv/bin/python bench/lif.py                      # CPU: T=4, N=1M float32
-    python3 bench/lif.py --device cuda                 # GPU: the three workloads + copy bandwidth
+    python3 bench/lif.py --device cuda                 # GPU: three workloads + copy bandwidth
     python3 bench/lif.py --device cuda --sweep         # also ours over block sizes and warps
 
 Paths: ``eager`` is the reference loop (models/kernels/lif/reference.py) as PyTorch runs it;

@@ -1,6 +1,6 @@
 """Whole networks, every path on the same workload in one run, with ratios against the baselines.
 
-    python3 bench/models.py --device cuda              # T=4, batch 64, 224 px, bf16 (the issue's workload)
+    python3 bench/models.py --device cuda              # T=4, batch 64, 224 px, bf16 (the GPU target workload)
     .venv/bin/python bench/models.py                   # CPU: T=2, batch 2, 64 px, float32, ResNet-18 size
 
 Networks and paths (a path that cannot run here is reported with its reason, not fatal):

@@ -3,7 +3,7 @@
 "On" is a forward inside ``telemetry.record(model)`` followed by ``recorder.report()`` (the host
 transfer a served answer pays for); "off" is the bare forward. Rounds alternate which goes first,
 so drift in a shared machine's load falls on both; the overhead is the median of the per-round
-ratios on/off, minus one. Target (issue 2, section 6): under 5% on the CPU.
+ratios on/off, minus one. Target: under 5% on the CPU (telemetry must be cheap enough to stay on by default).
 
     .venv/bin/python bench/telemetry.py                       # small DANet, MNIST-sized input
     .venv/bin/python bench/telemetry.py --arch danet_resnet50 --size 64 --batch 4

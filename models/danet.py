@@ -23,7 +23,7 @@ the 1x1 conv + BN where shapes change is the usual projection shortcut. In a Res
 the topology of ``membrane`` (MS-ResNet); the one difference is the branch. DA's is
 ``LIF -> Conv -> BN``: every contribution is batch-normalised before it joins the sum, and
 ``zero_init_residual`` can start each block at zero (that is also the order of MS-ResNet's
-published code); ``membrane`` here is the ``BN -> LIF -> Conv`` order the issue names, which adds
+published code); ``membrane`` here is the ``BN -> LIF -> Conv`` order of MS-ResNet's paper, which adds
 a raw conv output and needs one more BN before the head's neuron. DA gives a network something it
 lacked only in VGG, where a plain chain of conv-BN-LIF layers gains the real-valued running sum
 inside each stage. Whatever the paper's DA adds beyond this is not reproduced here.

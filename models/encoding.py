@@ -2,8 +2,8 @@
 
 - images: ``normalize`` per channel, then ``direct_encode`` repeats the image over T steps;
 - events: ``events_to_frames`` counts events per time bin, polarity and pixel (vectorised with
-  ``np.bincount``, never a loop over events); ``crop_events``/``scale_events`` move a recording
-  from a larger (or smaller) sensor to the model's.
+  ``np.bincount``, never a loop over events). Moving a recording to the model's sensor is
+  ``eventio.transforms``' job (``crop_events``, ``scale_events``).
 
 Imports nothing from registry/, workers/, service/ or training/ (eventio is numpy-only).
 """
@@ -16,18 +16,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from eventio.transforms import crop_events, scale_events
-
 Binning = Literal["time_bins", "time_window", "event_count"]
 BINNINGS: tuple[str, ...] = ("time_bins", "time_window", "event_count")
 
 __all__ = [
     "BINNINGS",
-    "crop_events",
     "direct_encode",
     "events_to_frames",
     "normalize",
-    "scale_events",
 ]
 
 

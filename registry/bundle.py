@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from registry.errors import BundleError, IntegrityError, describe_validation_error
 from registry.manifest import Manifest
-from registry.store import Layout, StagedBlob, discard, fsync_dir, stage_blob
+from registry.store import RegistryLayout, StagedBlob, discard, fsync_dir, stage_blob
 from registry.weights import read_safetensors_header
 
 MANIFEST_MEMBER = "manifest.json"
@@ -56,7 +56,7 @@ def _member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
 
 
 def read_bundle(
-    layout: Layout,
+    layout: RegistryLayout,
     path: Path,
     *,
     max_weights_bytes: int = MAX_WEIGHTS_BYTES,

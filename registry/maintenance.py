@@ -11,7 +11,15 @@ from pathlib import Path
 
 from registry.errors import IntegrityError
 from registry.manifest import Manifest, check_alias, check_model_name
-from registry.store import TMP_PREFIX, Layout, hash_file, model_names, read_json, temp_files, version_numbers
+from registry.store import (
+    TMP_PREFIX,
+    RegistryLayout,
+    hash_file,
+    model_names,
+    read_json,
+    temp_files,
+    version_numbers,
+)
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _TEMP_PID = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)-")
@@ -49,7 +57,7 @@ class GcReport:
     removed_temp_files: tuple[str, ...] = field(default=())
 
 
-def read_manifest(layout: Layout, name: str, version: int) -> Manifest:
+def read_manifest(layout: RegistryLayout, name: str, version: int) -> Manifest:
     """The manifest of ``name:version``; IntegrityError when the file does not validate."""
     path = layout.manifest(name, version)
     try:
@@ -64,7 +72,7 @@ def read_manifest(layout: Layout, name: str, version: int) -> Manifest:
     return manifest
 
 
-def verify(layout: Layout) -> VerifyReport:
+def verify(layout: RegistryLayout) -> VerifyReport:
     """Read every manifest and alias, recompute every referenced blob's sha256 and size."""
     problems: list[Problem] = []
     users: dict[str, list[Manifest]] = {}
@@ -104,7 +112,7 @@ def verify(layout: Layout) -> VerifyReport:
     )
 
 
-def _blob_problems(layout: Layout, digest: str, manifests: list[Manifest]) -> list[Problem]:
+def _blob_problems(layout: RegistryLayout, digest: str, manifests: list[Manifest]) -> list[Problem]:
     blob = layout.blob(digest)
     refs = ", ".join(m.ref for m in manifests)
     if not blob.is_file():
@@ -123,7 +131,7 @@ def _blob_problems(layout: Layout, digest: str, manifests: list[Manifest]) -> li
     ]
 
 
-def _alias_problems(layout: Layout, name: str, versions: set[int]) -> list[Problem]:
+def _alias_problems(layout: RegistryLayout, name: str, versions: set[int]) -> list[Problem]:
     path = layout.aliases_file(name)
     if not path.exists():
         return []
@@ -149,7 +157,7 @@ def _alias_problems(layout: Layout, name: str, versions: set[int]) -> list[Probl
     return problems
 
 
-def _unreferenced_blobs(layout: Layout, referenced: set[str]) -> tuple[list[str], list[str]]:
+def _unreferenced_blobs(layout: RegistryLayout, referenced: set[str]) -> tuple[list[str], list[str]]:
     if not layout.blobs_dir.is_dir():
         return [], []
     unreferenced, stray = [], []
@@ -163,7 +171,7 @@ def _unreferenced_blobs(layout: Layout, referenced: set[str]) -> tuple[list[str]
     return unreferenced, stray
 
 
-def referenced_digests(layout: Layout) -> set[str]:
+def referenced_digests(layout: RegistryLayout) -> set[str]:
     """Digests named by any manifest. IntegrityError on an unreadable manifest: gc must not
     guess which blob it needed."""
     digests = set()
@@ -186,7 +194,7 @@ def _writer_gone(path: Path) -> bool:
     return False
 
 
-def gc(layout: Layout, tmp_max_age_s: float = 3600.0) -> GcReport:
+def gc(layout: RegistryLayout, tmp_max_age_s: float = 3600.0) -> GcReport:
     """Remove blobs no manifest names, and temp files of writers that died. Hold the writer lock.
 
     A temp file goes when its writer's process is gone or it is older than ``tmp_max_age_s``

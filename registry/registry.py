@@ -4,17 +4,15 @@ Readers take no lock: every file is replaced atomically, so a reader sees a whol
 none. Writers (register, aliases, delete, gc, import) hold one file lock for the short commit step;
 copying and hashing weights happens before it. See registry/store.py for the folder layout.
 
-Hot reload: every write bumps the ``generation`` counter. A worker keeps the last value it saw and
-calls ``poll(last)`` (one small file read) or ``watch(last)``, then re-resolves its refs. The
-distributed issue adds Redis pub/sub on top of the same call: publishing the new generation after a
-write, so that ``watch`` wakes on the message instead of on its next poll.
+Hot reload: every write bumps the ``generation`` counter (one small file). The gateway's resolver
+drops its cache when it moves; in distributed mode the gateway publishes the change over Redis
+pub/sub and workers reload what they serve.
 """
 
 from __future__ import annotations
 
 import builtins
 import platform
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -74,7 +72,7 @@ class Registry:
 
     def __init__(self, root: str | Path, *, lock_timeout_s: float = 60.0) -> None:
         self.root = Path(root)
-        self.layout = store.Layout(self.root)
+        self.layout = store.RegistryLayout(self.root)
         self.lock_timeout_s = lock_timeout_s
 
     def __repr__(self) -> str:
@@ -308,22 +306,6 @@ class Registry:
     def generation(self) -> int:
         """A counter bumped by every write; 0 for a registry never written."""
         return store.read_generation(self.layout)
-
-    def poll(self, last: int) -> bool:
-        """Whether anything was written since ``generation()`` returned ``last``."""
-        return self.generation() != last
-
-    def watch(self, last: int, *, interval_s: float = 0.5, timeout_s: float | None = None) -> int | None:
-        """Block until the generation differs from ``last``; return it, or None after ``timeout_s``."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            current = self.generation()
-            if current != last:
-                return current
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            time.sleep(interval_s if remaining is None else min(interval_s, remaining))
 
     # ---- helpers ----------------------------------------------------------------------------
 

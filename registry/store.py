@@ -38,7 +38,7 @@ _VERSION_FILE = re.compile(r"^([1-9][0-9]*)\.json$")
 
 
 @dataclass(frozen=True)
-class Layout:
+class RegistryLayout:
     """Paths of one registry folder. Names passed in must already be validated (registry.refs)."""
 
     root: Path
@@ -137,7 +137,7 @@ def is_temp(path: Path) -> bool:
     return path.name.startswith(TMP_PREFIX)
 
 
-def temp_files(layout: Layout) -> list[Path]:
+def temp_files(layout: RegistryLayout) -> list[Path]:
     """Leftover temporary files of writers that died (or are still writing)."""
     if not layout.root.is_dir():
         return []
@@ -147,7 +147,7 @@ def temp_files(layout: Layout) -> list[Path]:
 # ---- versions --------------------------------------------------------------------------------
 
 
-def version_numbers(layout: Layout, name: str) -> list[int]:
+def version_numbers(layout: RegistryLayout, name: str) -> list[int]:
     """Versions of ``name`` that have a manifest, ascending; temp files are not versions."""
     folder = layout.versions_dir(name)
     if not folder.is_dir():
@@ -156,13 +156,13 @@ def version_numbers(layout: Layout, name: str) -> list[int]:
     return sorted(int(match.group(1)) for match in found if match)
 
 
-def model_names(layout: Layout) -> list[str]:
+def model_names(layout: RegistryLayout) -> list[str]:
     if not layout.models_dir.is_dir():
         return []
     return sorted(p.name for p in layout.models_dir.iterdir() if p.is_dir() and not is_temp(p))
 
 
-def next_version(layout: Layout, name: str) -> int:
+def next_version(layout: RegistryLayout, name: str) -> int:
     """One past the highest version ever assigned to ``name``. Call with the writer lock held."""
     highest = max(version_numbers(layout, name), default=0)
     counter = layout.last_version_file(name)
@@ -175,14 +175,14 @@ def next_version(layout: Layout, name: str) -> int:
 # ---- generation counter (hot reload) ---------------------------------------------------------
 
 
-def read_generation(layout: Layout) -> int:
+def read_generation(layout: RegistryLayout) -> int:
     try:
         return int(layout.generation_file.read_text().strip() or 0)
     except (FileNotFoundError, ValueError):
         return 0
 
 
-def bump_generation(layout: Layout) -> int:
+def bump_generation(layout: RegistryLayout) -> int:
     """Increment the counter. Call with the writer lock held."""
     value = read_generation(layout) + 1
     atomic_write_bytes(layout.generation_file, f"{value}\n".encode())
@@ -193,7 +193,7 @@ def bump_generation(layout: Layout) -> int:
 
 
 @contextlib.contextmanager
-def writer_lock(layout: Layout, timeout_s: float) -> Iterator[None]:
+def writer_lock(layout: RegistryLayout, timeout_s: float) -> Iterator[None]:
     """Hold the registry's write lock; LockTimeoutError after ``timeout_s``."""
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(layout.lock_file), timeout=timeout_s)
@@ -222,7 +222,7 @@ class StagedBlob:
     size: int
 
 
-def stage_blob(layout: Layout, source: IO[bytes] | bytes, max_bytes: int | None = None) -> StagedBlob:
+def stage_blob(layout: RegistryLayout, source: IO[bytes] | bytes, max_bytes: int | None = None) -> StagedBlob:
     """Copy ``source`` into a temp file beside the blobs while hashing it, then fsync.
 
     Runs without the writer lock (copying a large file must not block other writers);
@@ -252,7 +252,7 @@ def stage_blob(layout: Layout, source: IO[bytes] | bytes, max_bytes: int | None 
     return StagedBlob(temp, digest.hexdigest(), size)
 
 
-def commit_blob(layout: Layout, staged: StagedBlob) -> Path:
+def commit_blob(layout: RegistryLayout, staged: StagedBlob) -> Path:
     """Move a staged blob to ``blobs/sha256/<digest>``. Call with the writer lock held.
 
     Replacing an existing blob with the same digest is harmless and repairs one that was altered.

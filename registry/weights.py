@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from registry.errors import InvalidWeightsError
-from registry.store import Layout, StagedBlob, stage_blob
+from registry.store import RegistryLayout, StagedBlob, stage_blob
 
 if TYPE_CHECKING:
     import torch
@@ -162,7 +162,7 @@ def state_dict_to_safetensors(state_dict: Mapping[str, Any]) -> bytes:
     return save(tensors)
 
 
-def stage_weights(layout: Layout, weights: str | Path | Mapping[str, Any]) -> StagedBlob:
+def stage_weights(layout: RegistryLayout, weights: str | Path | Mapping[str, Any]) -> StagedBlob:
     """Check ``weights`` and stage them as a safetensors blob (not yet committed).
 
     weights: a ``.safetensors`` path (checked, copied as is), a ``.pt``/``.pth`` path (tensors only,

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from service.errors import AuthenticationError
+from workers.errors import SpikeserveError
+
+
+class AuthenticationError(SpikeserveError):
+    """No credentials, or wrong ones: HTTP 401 with ``WWW-Authenticate: Bearer``."""
+
+    code = "unauthorized"
 
 
 @dataclass(frozen=True)

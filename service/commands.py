@@ -13,7 +13,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ def add_serve_flags(parser: argparse.ArgumentParser, flags: list[Flag] | None = 
         parser.add_argument(flag.flag, **kwargs)
 
 
-def settings_from_args(args: argparse.Namespace, flags: list[Flag] | None = None) -> Any:
+def settings_from_args(args: argparse.Namespace, flags: list[Flag] | None = None) -> Settings:
     """``Settings`` from the environment, with every flag that was given on top."""
     from service.settings import Settings
 

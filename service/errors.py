@@ -1,7 +1,8 @@
 """The one table from typed errors to HTTP answers.
 
-Errors raised below the edge (``workers.errors``, ``registry.errors``, the service's own auth
-errors) carry a stable ``code``; ``STATUS_BY_CODE`` maps each code to one status. Every error
+Errors raised below the edge (``workers.errors``, ``registry.errors``, ``service.decoding.errors``,
+the service's own auth and request errors) carry a stable ``code``; ``STATUS_BY_CODE`` maps each
+code to one status, the same whichever pool ran the request (``workers.error_codec``). Every error
 answer is JSON ``{"error": {"code", "message"}}``; a 503 carries ``Retry-After``. Routes under
 ``/v2/`` answer in the Open Inference Protocol's own shape, ``{"error": "<message>"}`` (plus
 ``"code"``), so KServe and Triton clients read the message where they expect it.
@@ -26,10 +27,6 @@ log = logging.getLogger("spikeserve.errors")
 STATUS_BY_CODE: dict[str, int] = {
     # workers.errors
     "invalid_input": 422,
-    "undecodable_input": 400,
-    "unsupported_media_type": 415,
-    "payload_too_large": 413,
-    "model_not_found": 404,
     "queue_full": 503,
     "deadline_exceeded": 504,
     "unavailable": 503,
@@ -37,15 +34,20 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal": 500,
     # registry.errors
     "registry_error": 500,
+    "model_not_found": 404,
     "invalid_name": 422,
     "invalid_manifest": 422,
     "invalid_weights": 422,
     "integrity_error": 500,
     "version_in_use": 409,
     "invalid_bundle": 422,
-    "load_failed": 500,
+    "load_failed": 503,  # the server is fine; this model cannot be served until it is fixed
     "registry_locked": 503,
     "not_expressible": 422,
+    # service.decoding.errors
+    "undecodable_input": 400,
+    "unsupported_media_type": 415,
+    "payload_too_large": 413,
     # the service's own
     "invalid_request": 422,
     "bad_request": 400,
@@ -66,24 +68,10 @@ _CODE_BY_HTTP_STATUS = {
 DEFAULT_RETRY_AFTER_S = 1
 
 
-class AuthenticationError(SpikeserveError):
-    """No credentials, or wrong ones: HTTP 401 with ``WWW-Authenticate: Bearer``."""
-
-    code = "unauthorized"
-
-
 class BadRequestError(SpikeserveError):
     """A request the route cannot parse (malformed JSON, a missing multipart field): HTTP 400."""
 
     code = "bad_request"
-
-
-class WorkerReportedError(SpikeserveError):
-    """An ``InferenceResult.error`` (code, message) raised again at the edge, keeping its code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def status_for(code: str) -> int:
@@ -154,10 +142,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Exception, _unexpected)
-
-
-def raise_for_result_error(error: tuple[str, str] | None) -> None:
-    """Raise the worker's ``(code, message)`` as a typed error, so the table answers it."""
-    if error is not None:
-        code, message = error
-        raise WorkerReportedError(code, message)

@@ -1,102 +1,88 @@
 """What every inference route does between parsing and answering, in one place.
 
-Routes resolve the reference, decode the input off the event loop, then call ``run`` here:
-it checks the options against the manifest, builds the ``InferenceRequest``, submits it to the
-pool, turns a worker-side error into a typed error, and shapes the v1 answer.
+Routes resolve the reference, check the options (``workers.options.check_options``, the one place
+for T, kind and top-k), decode the input off the event loop, then call ``run`` here: it mints the
+request's id, submits it to the pool (which raises a failed request as its typed error), and
+``answer`` shapes the v1 answer.
+
+The id the server correlates on is always one it minted (``new_request_id``): two clients, or one
+retrying proxy, may send the same ``X-Request-ID``, and each must still get its own answer. The
+client's value is only a label: checked, logged beside the server's id, echoed in the answer.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 
-from service.errors import raise_for_result_error
+from registry.manifest import Manifest
 from service.metrics import label_model
 from service.state import ServiceState
-from workers.errors import InvalidInputError
-from workers.protocol import InferenceRequest, InferenceResult
+from workers.options import RunOptions
+from workers.protocol import InferenceRequest, InferenceResult, new_request_id
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+log = logging.getLogger("spikeserve.requests")
 
-
-@dataclass(frozen=True)
-class Options:
-    time_steps: int
-    top_k: int
-    telemetry: str
+_CLIENT_LABEL = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+LABEL_HEADER = "X-Request-ID"
 
 
-def request_id(request: Request) -> str:
-    """The caller's ``X-Request-ID`` when it is a sane token, else a fresh one."""
+def client_label(request: Request) -> str | None:
+    """The caller's ``X-Request-ID`` when it is a sane token (a label only), else None."""
     given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _CLIENT_LABEL.fullmatch(given) else None
 
 
-def resolve(state: ServiceState, request: Request, ref: str) -> Any:
+def echo_headers(label: str | None) -> dict[str, str]:
+    """The response header that gives the client its own label back."""
+    return {LABEL_HEADER: label} if label is not None else {}
+
+
+def resolve(state: ServiceState, request: Request, ref: str) -> Manifest:
     """The manifest ``ref`` names now; from here on the request's metrics carry that model."""
     manifest = state.resolver.resolve(ref)
     label_model(request, manifest.name, manifest.version)
     return manifest
 
 
-def check_options(manifest: Any, time_steps: int | None, top_k: int, telemetry: str) -> Options:
-    """Validate the query options against the manifest (T range: 422 naming the range)."""
-    limits = manifest.time_steps
-    steps = limits.default if time_steps is None else time_steps
-    if not limits.min <= steps <= limits.max:
-        raise InvalidInputError(
-            f"time_steps={steps} is outside the range of {manifest.name}:{manifest.version}: "
-            f"use {limits.min}..{limits.max} (default {limits.default})"
-        )
-    return Options(
-        time_steps=steps, top_k=max(1, min(top_k, len(manifest.labels) or top_k)), telemetry=telemetry
-    )
-
-
-def check_kind(manifest: Any, kind: str, route_hint: str) -> None:
-    """A model takes images or event recordings; say which route fits when the caller picked the other."""
-    if manifest.input.kind != kind:
-        raise InvalidInputError(
-            f"{manifest.name}:{manifest.version} takes {manifest.input.kind} input, not {kind}; "
-            f"use {route_hint}"
-        )
-
-
 async def run(
     state: ServiceState,
-    request: Request,
-    manifest: Any,
-    kind: str,
-    array: Any,
-    options: Options,
-    rid: str,
+    manifest: Manifest,
+    array: np.ndarray,
+    options: RunOptions,
+    label: str | None = None,
 ) -> InferenceResult:
-    """Submit one decoded input to the pool and return its (successful) result."""
+    """Submit one decoded input to the pool under a fresh server-minted id; its successful result.
+
+    array: [C, H, W] float32 image, or structured events (see ``InferenceRequest``)."""
+    request_id = new_request_id()
+    if label is not None:
+        log.info("request %s carries the client label %s", request_id, label)
     inference_request = InferenceRequest(
-        request_id=rid,
+        request_id=request_id,
         model_name=manifest.name,
         model_version=manifest.version,
-        kind=kind,  # type: ignore[arg-type]
+        kind=options.kind,
         array=array,
         time_steps=options.time_steps,
-        telemetry=options.telemetry,  # type: ignore[arg-type]
+        telemetry=options.telemetry,
         top_k=options.top_k,
         deadline=time.time() + state.settings.request_timeout_s,
     )
-    result = await state.pool.submit(inference_request)
-    raise_for_result_error(result.error)
-    return result
+    return await state.pool.submit(inference_request)
 
 
-def answer(result: InferenceResult, warnings: list[str], started: float) -> dict[str, Any]:
-    """The v1 answer: request id, model, T, predictions, telemetry, timings, warnings."""
+def answer(result: InferenceResult, warnings: list[str], started: float, label: str | None) -> dict[str, Any]:
+    """The v1 answer: the server's request id and the client's label, model, T, predictions,
+    telemetry, timings, warnings."""
     return {
         "request_id": result.request_id,
+        "client_request_id": label,
         "model": {"name": result.model_name, "version": result.model_version},
         "time_steps": result.time_steps,
         "predictions": [

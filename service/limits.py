@@ -18,8 +18,9 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.decoding.errors import PayloadTooLargeError
 from service.errors import error_response
-from workers.errors import PayloadTooLargeError, SpikeserveError
+from workers.errors import SpikeserveError
 
 
 class RequestTimeoutError(SpikeserveError):

@@ -21,6 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from workers.pool import WorkerPool
+
 REQUESTS = Counter(
     "spikeserve_requests",
     "Requests answered, by model, version, route and status.",
@@ -88,10 +90,9 @@ def _route_template(scope: Scope) -> str | None:
 _known_depth_labels: set[str] = set()
 
 
-def refresh_queue_depth(pool: Any) -> None:
-    """Copy the pool's queue depth into the gauge (per model when the pool can tell)."""
-    by_model = getattr(pool, "queue_depth_by_model", None)
-    depths: dict[str, int] = dict(by_model()) if callable(by_model) else {"": pool.queue_depth()}
+def refresh_queue_depth(pool: WorkerPool) -> None:
+    """Copy the pool's queue depth per model into the gauge."""
+    depths = pool.queue_depth_by_model()
     for model in _known_depth_labels - depths.keys():
         QUEUE_DEPTH.labels(model).set(0)  # a drained queue reads 0, not its last value
     for model, depth in depths.items():

@@ -9,20 +9,22 @@ unchanged registry costs one small file read per request.
 from __future__ import annotations
 
 import threading
-from typing import Any
+
+from registry import Registry
+from registry.manifest import Manifest
 
 
 class RefResolver:
     """Resolves ``name`` | ``name:N`` | ``name@alias`` through ``registry.resolve``, cached."""
 
-    def __init__(self, registry: Any, max_entries: int = 1024) -> None:
+    def __init__(self, registry: Registry, max_entries: int = 1024) -> None:
         self.registry = registry
         self.max_entries = max_entries
         self._generation: int | None = None
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, Manifest] = {}
         self._lock = threading.Lock()
 
-    def resolve(self, ref: str) -> Any:
+    def resolve(self, ref: str) -> Manifest:
         """The manifest ``ref`` names now. Raises the registry's ModelNotFoundError / InvalidNameError."""
         generation = self.registry.generation()
         with self._lock:

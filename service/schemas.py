@@ -56,7 +56,10 @@ class TimingOut(BaseModel):
 class ClassifyAnswer(BaseModel):
     """The answer of ``/v1/models/{ref}/classify`` and ``/v1/models/{ref}/events``."""
 
-    request_id: str
+    request_id: str = Field(description="the id the server minted for this request (its logs name it)")
+    client_request_id: str | None = Field(
+        None, description="the client's X-Request-ID, echoed as a label (never used to match answers)"
+    )
     model: ModelRef
     time_steps: int
     predictions: list[PredictionOut]

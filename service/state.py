@@ -6,10 +6,11 @@ One ``ServiceState`` per app, on ``app.state.spikeserve``; routes reach it throu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 from fastapi import Request
 
+from registry import Registry
 from service.auth import Credentials
 from service.resolve import RefResolver
 from service.settings import Settings
@@ -20,7 +21,7 @@ from workers.pool import WorkerPool
 class ServiceState:
     settings: Settings
     pool: WorkerPool
-    registry: Any  # registry.Registry
+    registry: Registry
     credentials: Credentials
     resolver: RefResolver
     startup_error: str | None = None  # why the pool failed to start, for /readyz
@@ -30,4 +31,4 @@ class ServiceState:
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.spikeserve
+    return cast(ServiceState, request.app.state.spikeserve)

@@ -20,7 +20,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry import Registry
+    from service.settings import Settings
 
 log = logging.getLogger("spikeserve.worker")
 
@@ -111,7 +115,7 @@ def _fail(message: str) -> int:
     return 1
 
 
-def check_models(registry: Any, refs: list[str]) -> str | None:
+def check_models(registry: Registry, refs: list[str]) -> str | None:
     """None when every ref resolves in ``registry``; else what is missing (the registry says what it has)."""
     from registry.errors import RegistryError
 
@@ -127,7 +131,7 @@ def check_models(registry: Any, refs: list[str]) -> str | None:
 class _Served:
     """The model names a worker serves: the ones named on the command line, or the registry's all."""
 
-    def __init__(self, registry: Any, refs: list[str]) -> None:
+    def __init__(self, registry: Registry, refs: list[str]) -> None:
         self.registry = registry
         self.fixed = sorted({registry.resolve(ref).name for ref in refs}) if refs else None
 
@@ -151,9 +155,11 @@ class _Served:
 
 
 async def serve(
-    settings: Any, registry: Any, *, worker_id: str | None = None, metrics_port: int | None = None
+    settings: Settings, registry: Registry, *, worker_id: str | None = None, metrics_port: int | None = None
 ) -> None:
-    """Load, warm up, and serve until SIGTERM/SIGINT."""
+    """Load, warm up, and serve until SIGTERM/SIGINT (``settings.redis_url`` must be set)."""
+    if not settings.redis_url:
+        raise ValueError("a worker needs settings.redis_url")
     from workers.batcher import Batcher
     from workers.engine import Engine  # torch arrives here
     from workers.redis_worker import RedisWorker

@@ -26,7 +26,7 @@ from workers.protocol import InferenceRequest, InferenceResult, Prediction
 ADMIN = "admin-secret-for-tests"
 
 
-class StaticPool(WorkerPool):
+class StaticPool:
     """Answers every request with uniform probabilities over ``classes``, or raises ``error``."""
 
     def __init__(self, classes: int = 10, error: Exception | None = None, ready: bool = True) -> None:
@@ -59,8 +59,23 @@ class StaticPool(WorkerPool):
     def is_ready(self) -> bool:
         return self.ready
 
+    def queue_depth(self) -> int:
+        return sum(self.depths.values())
+
     def queue_depth_by_model(self) -> dict[str, int]:
         return dict(self.depths)
+
+    def loaded_models(self) -> list[tuple[str, int]]:
+        return []
+
+    def describe_workers(self) -> list[dict[str, Any]]:
+        return []
+
+    async def load_model(self, name: str, version: int) -> None:
+        pass
+
+    def unload_model(self, name: str, version: int) -> None:
+        pass
 
 
 def wait_ready(client: TestClient, timeout_s: float = 60.0) -> None:

@@ -24,15 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from workers.errors import (
-    BackendUnavailableError,
     DeadlineExceededError,
     InferenceFailedError,
     QueueFullError,
+    WorkerUnavailableError,
 )
 from workers.protocol import InferenceRequest, InferenceResult
 
 log = logging.getLogger("spikeserve.batcher")
 
+# requests sharing one batch_key in, one result per request out, in the same order
 RunBatch = Callable[[Sequence[InferenceRequest]], list[InferenceResult]]
 
 
@@ -76,7 +77,7 @@ class Batcher:
         self._task = asyncio.create_task(self._loop(), name="spikeserve-batcher")
 
     async def stop(self) -> None:
-        """Stop taking batches; requests still queued fail with ``BackendUnavailableError``."""
+        """Stop taking batches; requests still queued fail with ``WorkerUnavailableError``."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -86,7 +87,7 @@ class Batcher:
             while queue:
                 waiting = queue.popleft()
                 if not waiting.future.done():
-                    waiting.future.set_exception(BackendUnavailableError("the server is shutting down"))
+                    waiting.future.set_exception(WorkerUnavailableError("the server is shutting down"))
         self._queues.clear()
         self._waiting = 0
         if self._executor is not None:
@@ -98,7 +99,7 @@ class Batcher:
     async def submit(self, request: InferenceRequest) -> InferenceResult:
         """Queue ``request`` and wait for its result (which may carry an ``error``)."""
         if self._task is None:
-            raise BackendUnavailableError("the worker is not running; retry shortly")
+            raise WorkerUnavailableError("the worker is not running; retry shortly")
         if self._waiting >= self._max_queue_size:
             retry_after = self.retry_after_s()
             raise QueueFullError(
@@ -210,7 +211,7 @@ class Batcher:
         except asyncio.CancelledError:  # stop() while this batch ran: nobody will set these results
             for waiting in batch:
                 if not waiting.future.done():
-                    waiting.future.set_exception(BackendUnavailableError("the server is shutting down"))
+                    waiting.future.set_exception(WorkerUnavailableError("the server is shutting down"))
             raise
         except Exception as exc:  # run_batch should not raise; if it does, fail this batch only
             log.exception("run_batch raised for a batch of %d", len(batch))
@@ -224,14 +225,15 @@ class Batcher:
                 elapsed if not self.batches_run else 0.8 * self._batch_seconds + 0.2 * elapsed
             )
             self.batches_run += 1
-        by_id = {result.request_id: result for result in results}
-        for waiting in batch:
-            if waiting.future.done():
-                continue
-            result = by_id.get(waiting.request.request_id)
-            if result is None:
-                waiting.future.set_exception(
-                    InferenceFailedError("the worker returned no result for the request")
-                )
-            else:
+        if len(results) != len(batch):
+            log.error("run_batch answered %d results for a batch of %d", len(results), len(batch))
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(
+                        InferenceFailedError("the worker returned no result for the request")
+                    )
+            return
+        # by position, never by id: result i answers request i
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.future.done():
                 waiting.future.set_result(result)

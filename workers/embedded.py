@@ -11,9 +11,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from registry import Registry
 from workers.batcher import Batcher
-from workers.errors import BackendUnavailableError
-from workers.pool import WorkerPool
+from workers.error_codec import raise_for_error
+from workers.errors import WorkerUnavailableError
 from workers.protocol import InferenceRequest, InferenceResult
 
 if TYPE_CHECKING:
@@ -23,13 +24,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("spikeserve.embedded")
 
 
-class EmbeddedPool(WorkerPool):
+class EmbeddedPool:
     """Runs requests in this process: ``Batcher`` in front of one ``Engine`` on ``settings.device``.
 
-    ``registry``: a ``registry.Registry``; by default ``Registry(settings.registry)``.
+    ``registry``: by default ``Registry(settings.registry)``.
     """
 
-    def __init__(self, settings: Settings, registry: Any = None, worker_id: str = "embedded") -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None = None, worker_id: str = "embedded"
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self._registry = registry
@@ -39,10 +42,8 @@ class EmbeddedPool(WorkerPool):
         self._started_at = 0.0
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         if self._registry is None:
-            from registry import Registry
-
             self._registry = Registry(self.settings.registry)
         return self._registry
 
@@ -93,9 +94,10 @@ class EmbeddedPool(WorkerPool):
 
         await asyncio.to_thread(load)
 
-    def unload_model(self, name: str, version: int) -> bool:
+    def unload_model(self, name: str, version: int) -> None:
         """Drop a loaded version (after it was deleted from the registry)."""
-        return self._engine.unload(name, version) if self._engine is not None else False
+        if self._engine is not None:
+            self._engine.unload(name, version)
 
     async def submit(self, request: InferenceRequest) -> InferenceResult:
         """Run one request. Versions other than the default ones load on their first request."""
@@ -103,7 +105,7 @@ class EmbeddedPool(WorkerPool):
         if not engine.is_loaded(request.model_name, request.model_version):
             await self.load_model(request.model_name, request.model_version)
         assert self._batcher is not None
-        return await self._batcher.submit(request)
+        return raise_for_error(await self._batcher.submit(request))
 
     def is_ready(self) -> bool:
         return self._ready
@@ -136,5 +138,5 @@ class EmbeddedPool(WorkerPool):
 
     def _require_engine(self) -> Engine:
         if self._engine is None:
-            raise BackendUnavailableError("the worker is starting; retry shortly")
+            raise WorkerUnavailableError("the worker is starting; retry shortly")
         return self._engine

@@ -31,9 +31,11 @@ from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
 from models.kernels.lif import eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
-from registry import errors as registry_errors
+from registry import Registry
+from registry.manifest import Manifest
 from workers import metrics
-from workers.errors import InvalidInputError, SpikeserveError
+from workers.error_codec import encode_error
+from workers.errors import InferenceFailedError, InvalidInputError
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
 
 log = logging.getLogger("spikeserve.engine")
@@ -55,7 +57,7 @@ class LoadedModel:
     ``forward`` is ready for.
     """
 
-    manifest: Any  # registry.manifest.Manifest
+    manifest: Manifest
     module: nn.Module
     forward: Forward
     sample_shape: tuple[int, int, int]
@@ -73,35 +75,22 @@ class LoadedModel:
         return self.run_eager if steps in self.unpreparable_steps else None
 
 
-def _sample_shape(manifest: Any) -> tuple[int, int, int]:
+def _sample_shape(manifest: Manifest) -> tuple[int, int, int]:
     spec = manifest.input
     if spec.kind == "image":
         return (spec.channels, spec.height, spec.width)
     return (spec.polarities, spec.sensor_height, spec.sensor_width)
 
 
-_FAILED = "inference_failed"
-
-
-def _error_code(exc: BaseException, fallback: str) -> str:
-    """The stable code a client sees. ``fallback``: what an unexpected exception means here."""
-    if isinstance(exc, SpikeserveError | registry_errors.RegistryError):
-        return exc.code  # the service maps both families' codes to statuses in one table
-    if fallback == InvalidInputError.code and not isinstance(exc, ValueError):
-        return _FAILED
-    return fallback
-
-
 def _failed(
-    request: InferenceRequest, exc: BaseException, worker_id: str, fallback: str = _FAILED
+    request: InferenceRequest, exc: BaseException, worker_id: str, unexpected: str = InferenceFailedError.code
 ) -> InferenceResult:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return InferenceResult(
         request_id=request.request_id,
         model_name=request.model_name,
         model_version=request.model_version,
         time_steps=request.time_steps,
-        error=(_error_code(exc, fallback), message),
+        error=encode_error(exc, unexpected),
         worker_id=worker_id,
     )
 
@@ -128,7 +117,7 @@ class Engine:
 
     def __init__(
         self,
-        registry: Any,
+        registry: Registry,
         device: str = "cpu",
         backend: str = "auto",
         worker_id: str = "embedded",
@@ -210,7 +199,7 @@ class Engine:
         )
         return loaded
 
-    def _optimized(self, manifest: Any, module: nn.Module) -> LoadedModel:
+    def _optimized(self, manifest: Manifest, module: nn.Module) -> LoadedModel:
         set_streaming(module, False)  # each forward starts from rest (and CUDA graphs need it)
         runner = optimize_for_inference(module, self.device, backend=self.backend)
         report = runner.report
@@ -302,44 +291,42 @@ class Engine:
     # -- running -----------------------------------------------------------------------------
 
     def run_batch(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
-        """Answer every request, in order. Never raises for one bad request: its result has ``error``."""
-        groups: dict[tuple[str, int, int, str], list[InferenceRequest]] = {}
-        for request in requests:
-            groups.setdefault(request.batch_key, []).append(request)
-        answers: dict[str, InferenceResult] = {}
-        for group in groups.values():
-            for result in self._run_group(group):
-                answers[result.request_id] = result
-        return [answers[request.request_id] for request in requests]
+        """Answer every request, in order (result ``i`` answers request ``i``).
 
-    def _run_group(self, requests: list[InferenceRequest]) -> list[InferenceResult]:
-        """Requests that share one network, T and input kind."""
+        The requests share one ``batch_key`` (network, T, input kind): the batcher forms batches,
+        this runs them. Never raises for one bad request: its result carries ``error``.
+        """
+        if not requests:
+            return []
         first = requests[0]
+        if any(request.batch_key != first.batch_key for request in requests):
+            raise ValueError("a batch must share one batch_key; group requests with workers.batcher")
         try:
             loaded = self.ensure_loaded(first.model_name, first.model_version)
         except Exception as exc:  # unknown version, weights that do not fit: every request says so
             log.warning("cannot load %s:%d: %s", first.model_name, first.model_version, exc)
             return [_failed(request, exc, self.worker_id) for request in requests]
-        results: dict[str, InferenceResult] = {}
-        ready: list[tuple[InferenceRequest, np.ndarray]] = []
-        for request in requests:
+        results: list[InferenceResult | None] = [None] * len(requests)
+        ready: list[tuple[int, InferenceRequest, np.ndarray]] = []
+        for index, request in enumerate(requests):
             try:
-                ready.append((request, self._encode(loaded, request)))
+                ready.append((index, request, self._encode(loaded, request)))
             except Exception as exc:  # a recording the binning rejects, a wrong shape: this request only
-                results[request.request_id] = _failed(request, exc, self.worker_id, InvalidInputError.code)
+                results[index] = _failed(request, exc, self.worker_id, InvalidInputError.code)
         if ready:
+            items = [(request, array) for _, request, array in ready]
             try:
-                answered = self._forward(loaded, ready)
+                answered = self._forward(loaded, items)
             except Exception as exc:
-                if len(ready) == 1:
-                    log.exception("inference failed for %s", ready[0][0].request_id)
-                    answered = [_failed(ready[0][0], exc, self.worker_id)]
+                if len(items) == 1:
+                    log.exception("inference failed for %s", items[0][0].request_id)
+                    answered = [_failed(items[0][0], exc, self.worker_id)]
                 else:
                     # Run them one by one so the request that breaks the network is the only one to fail.
-                    answered = [self._run_alone(loaded, item) for item in ready]
-            for result in answered:
-                results[result.request_id] = result
-        return [results[request.request_id] for request in requests]
+                    answered = [self._run_alone(loaded, item) for item in items]
+            for (index, _, _), result in zip(ready, answered, strict=True):
+                results[index] = result
+        return [result for result in results if result is not None]
 
     def _run_alone(self, loaded: LoadedModel, item: tuple[InferenceRequest, np.ndarray]) -> InferenceResult:
         try:
@@ -349,18 +336,12 @@ class Engine:
             return _failed(item[0], exc, self.worker_id)
 
     def _encode(self, loaded: LoadedModel, request: InferenceRequest) -> np.ndarray:
-        """One request's network input: images [C, H, W] normalised; events [T, 2, H, W] counts."""
+        """One request's network input: images [C, H, W] normalised; events [T, 2, H, W] counts.
+
+        Options (T, kind, top-k) were checked by ``workers.options.check_options`` at the gateway."""
         manifest = loaded.manifest
-        limits = manifest.time_steps
-        if not limits.min <= request.time_steps <= limits.max:
-            raise InvalidInputError(
-                f"time_steps={request.time_steps} is outside the range of {manifest.name}: "
-                f"{limits.min}..{limits.max}"
-            )
-        if request.kind != loaded.kind:
-            raise InvalidInputError(f"{manifest.name} takes {loaded.kind} input, not {request.kind}")
         spec = manifest.input
-        if loaded.kind == "image":
+        if spec.kind == "image":
             image = np.asarray(request.array, dtype=np.float32)
             if image.shape != loaded.sample_shape:
                 raise InvalidInputError(

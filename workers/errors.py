@@ -1,6 +1,9 @@
-"""Typed errors raised below the HTTP edge. ``service`` maps each to one status in one table.
+"""Typed errors raised on the worker side (batcher, engine, pools) and by the gateway's checks.
 
-Each carries a stable machine ``code`` and a message a user can act on.
+Each carries a stable machine ``code`` and a message a user can act on. ``workers.error_codec`` turns
+them into ``(code, message)`` for the wire and back; the service maps each code to one HTTP status
+in its handler table. Errors of decoding a request body live with the decoders (service/decoding),
+the registry's own in registry/errors.py.
 """
 
 from __future__ import annotations
@@ -17,33 +20,9 @@ class SpikeserveError(Exception):
 
 
 class InvalidInputError(SpikeserveError):
-    """The input decodes but cannot be used (sizes, ranges, values): HTTP 422."""
+    """The input decodes but cannot be used (sizes, ranges, values, options): HTTP 422."""
 
     code = "invalid_input"
-
-
-class UndecodableInputError(SpikeserveError):
-    """The bytes are not a valid image or recording of the stated format: HTTP 400."""
-
-    code = "undecodable_input"
-
-
-class UnsupportedMediaTypeError(SpikeserveError):
-    """Content type or file format not accepted by this route: HTTP 415."""
-
-    code = "unsupported_media_type"
-
-
-class PayloadTooLargeError(SpikeserveError):
-    """Body, pixel count, event count or expanded size over its limit: HTTP 413."""
-
-    code = "payload_too_large"
-
-
-class ModelNotFoundError(SpikeserveError):
-    """Unknown model, version or alias: HTTP 404."""
-
-    code = "model_not_found"
 
 
 class QueueFullError(SpikeserveError):
@@ -62,8 +41,8 @@ class DeadlineExceededError(SpikeserveError):
     code = "deadline_exceeded"
 
 
-class BackendUnavailableError(SpikeserveError):
-    """The worker side is down or not ready (no worker, Redis unreachable): HTTP 503."""
+class WorkerUnavailableError(SpikeserveError):
+    """The worker side is down or not ready (no worker, Redis unreachable, shutting down): HTTP 503."""
 
     code = "unavailable"
 

@@ -1,41 +1,60 @@
 """A worker pool: where the gateway sends requests. Embedded (in-process) or distributed (Redis).
 
-The gateway talks only to this interface, so the two modes share every route, every error and
-every metric.
+The gateway talks only to this protocol, so the two modes share every route, every error and
+every metric. Every method the routes call is declared here; a route never probes a pool for
+what it might have.
 """
 
 from __future__ import annotations
 
-import abc
-from typing import Any
+from typing import Any, Protocol
 
 from workers.protocol import InferenceRequest, InferenceResult
 
 
-class WorkerPool(abc.ABC):
+class WorkerPool(Protocol):
     """Runs ``InferenceRequest``s somewhere and answers ``InferenceResult``s."""
 
-    @abc.abstractmethod
     async def start(self) -> None:
         """Load and warm up what is needed; return when ``is_ready()`` holds (or raise)."""
+        ...
 
-    @abc.abstractmethod
     async def stop(self) -> None:
         """Finish or fail in-flight requests and release resources."""
+        ...
 
-    @abc.abstractmethod
     async def submit(self, request: InferenceRequest) -> InferenceResult:
-        """Answer one request. Raises ``QueueFullError`` (503), ``DeadlineExceededError`` (504),
-        ``ModelNotFoundError`` (404), ``BackendUnavailableError`` (503)."""
+        """Answer one request with a result that carries no ``error``; a failure is raised as its
+        typed error, decoded by ``workers.error_codec`` the same way in every pool:
+        ``QueueFullError`` (503), ``DeadlineExceededError`` (504), ``WorkerUnavailableError`` (503),
+        the registry's ``ModelNotFoundError`` (404), ``InferenceFailedError`` (500), ..."""
+        ...
 
-    @abc.abstractmethod
     def is_ready(self) -> bool:
         """True once the default models are loaded and warmed up (``/readyz``)."""
+        ...
 
     def queue_depth(self) -> int:
         """Requests waiting, for the ``spikeserve_queue_depth`` gauge."""
-        return 0
+        ...
+
+    def queue_depth_by_model(self) -> dict[str, int]:
+        """``queue_depth`` per model name, for the ``spikeserve_queue_depth{model}`` gauge."""
+        ...
+
+    def loaded_models(self) -> list[tuple[str, int]]:
+        """The (name, version) pairs loaded and ready to answer, wherever they run."""
+        ...
 
     def describe_workers(self) -> list[dict[str, Any]]:
         """What ``GET /v1/workers`` lists: id, models, device, batches, last heartbeat."""
-        return []
+        ...
+
+    async def load_model(self, name: str, version: int) -> None:
+        """Make ``name:version`` ready here now, or raise why it cannot load (a pool whose workers
+        run elsewhere returns at once: they load on the registry change)."""
+        ...
+
+    def unload_model(self, name: str, version: int) -> None:
+        """Forget ``name:version`` after it was deleted from the registry."""
+        ...

@@ -7,6 +7,7 @@ The embedded pool passes the objects as they are; the Redis pool uses ``to_bytes
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
@@ -16,6 +17,11 @@ import numpy as np
 TelemetryLevel = Literal["none", "summary", "layers"]
 InputKind = Literal["image", "events"]
 TELEMETRY_LEVELS: tuple[str, ...] = ("none", "summary", "layers")
+
+
+def new_request_id() -> str:
+    """A fresh correlation id: 32 hex digits from a random UUID, unique among every request."""
+    return uuid.uuid4().hex
 
 
 def _pack_array(array: np.ndarray) -> dict[str, Any]:
@@ -37,8 +43,8 @@ class InferenceRequest:
 
     array: ``kind == "image"``: [C, H, W] float32 in [0, 1], already at the model's size;
     ``kind == "events"``: structured events with fields x, y, t (microseconds), p.
-    options: input handling the worker applies (events: ``fit`` = "crop" | "scale",
-    ``sensor_width``/``sensor_height`` of the recording).
+    request_id: minted by the gateway (``new_request_id``), never a client's value: results are
+    matched to their waiters by it, so two requests must never share one.
     """
 
     request_id: str
@@ -50,7 +56,6 @@ class InferenceRequest:
     telemetry: TelemetryLevel = "summary"
     top_k: int = 5
     deadline: float = field(default_factory=lambda: time.time() + 30.0)  # unix seconds
-    options: dict[str, Any] = field(default_factory=dict)
     enqueued_at: float = field(default_factory=time.time)
 
     @property

@@ -9,7 +9,7 @@ stream alive, and tells workers through pub/sub when the registry changed.
 
 Failures map to the typed errors of ``workers.errors``: backlog over the limit -> QueueFullError
 (503 + Retry-After), deadline -> DeadlineExceededError (504), Redis unreachable or no live worker
-serving the model -> BackendUnavailableError (503). Nothing needs restarting after Redis comes
+serving the model -> WorkerUnavailableError (503). Nothing needs restarting after Redis comes
 back: the next command reconnects and the reader resumes where it stopped.
 """
 
@@ -22,39 +22,27 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
 from redis.exceptions import RedisError
 
 from workers import errors
+from workers.error_codec import raise_for_error
 from workers.heartbeat import read_live_workers
-from workers.pool import WorkerPool
 from workers.protocol import InferenceRequest, InferenceResult
 from workers.redis_streams import ENQUEUE_LUA, REPLY_TTL_MS, StreamKeys, connect, field
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
 LIVE_WORKERS = Gauge("spikeserve_workers", "Live workers seen by this gateway (heartbeat within 3 intervals)")
 
-# code -> class, so a worker's error reply is raised here exactly as the embedded pool raises it
-_ERRORS: dict[str, type[errors.SpikeserveError]] = {
-    cls.code: cls
-    for cls in vars(errors).values()
-    if isinstance(cls, type) and issubclass(cls, errors.SpikeserveError)
-}
 
-
-def raise_for_error(result: InferenceResult) -> InferenceResult:
-    """Return ``result``, or raise the typed error it carries (a worker's 504, a failed batch...)."""
-    if result.error is None:
-        return result
-    code, message = result.error
-    raise _ERRORS.get(code, errors.InferenceFailedError)(message)
-
-
-class RedisPool(WorkerPool):
+class RedisPool:
     """Sends requests to ``spikeserve worker`` processes through Redis Streams.
 
     registry_generation: a cheap callable returning the registry's generation counter
@@ -97,8 +85,12 @@ class RedisPool(WorkerPool):
         self.duplicate_replies = 0
 
     @classmethod
-    def from_settings(cls, settings: Any, registry_generation: Callable[[], int] | None = None) -> RedisPool:
-        """Build from a ``service.settings.Settings`` (read by attribute: workers never import service)."""
+    def from_settings(
+        cls, settings: Settings, registry_generation: Callable[[], int] | None = None
+    ) -> RedisPool:
+        """Build from the service's settings (a type only: workers import nothing of service at run time)."""
+        if not settings.redis_url:
+            raise ValueError("the Redis pool needs settings.redis_url")
         return cls(
             settings.redis_url,
             prefix=settings.redis_prefix,
@@ -132,14 +124,14 @@ class RedisPool(WorkerPool):
 
     async def stop(self) -> None:
         # the flag as well as cancel(): redis-py can swallow a cancellation that lands in a blocking
-        # read (redis/redis-py#2028), and a loop that checks the flag still ends after one BLOCK
+        # read, and a loop that checks the flag still ends after one BLOCK
         self._closing = True
         for task in self._tasks:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self._block_ms / 1000 + 2.0)
         self._tasks = []
-        self._fail_pending(errors.BackendUnavailableError("the gateway is shutting down"))
+        self._fail_pending(errors.WorkerUnavailableError("the gateway is shutting down"))
         if self._client is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self._client.delete(self.reply_stream)
@@ -153,13 +145,15 @@ class RedisPool(WorkerPool):
 
     async def submit(self, request: InferenceRequest) -> InferenceResult:
         if self._client is None:
-            raise errors.BackendUnavailableError("the Redis worker pool is not started")
+            raise errors.WorkerUnavailableError("the Redis worker pool is not started")
         await self._check_served(request.model_name)
         timeout = request.deadline - time.time()
         if timeout <= 0:
             raise errors.DeadlineExceededError(
                 f"request {request.request_id} reached its deadline before queueing"
             )
+        if request.request_id in self._pending:  # the gateway mints ids; a repeat is a bug, not a retry
+            raise errors.InferenceFailedError(f"request id {request.request_id} is already waiting")
         # registered before the XADD: a fast worker can answer before XADD's reply reaches us
         future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
@@ -172,7 +166,7 @@ class RedisPool(WorkerPool):
                 )
             except (RedisError, OSError) as exc:
                 self._redis_ok = False
-                raise errors.BackendUnavailableError(
+                raise errors.WorkerUnavailableError(
                     f"Redis at {self._safe_url()} is unreachable: {exc}"
                 ) from exc
             if entry_id is None:
@@ -201,7 +195,7 @@ class RedisPool(WorkerPool):
                 await self._refresh()
         if self._workers_known and not self._served(model):
             live = len(self._workers)
-            raise errors.BackendUnavailableError(
+            raise errors.WorkerUnavailableError(
                 f"no live worker serves model {model!r} ({live} worker(s) alive); "
                 f"start one with `spikeserve worker --redis URL --models {model}`"
             )
@@ -225,7 +219,7 @@ class RedisPool(WorkerPool):
                 self._redis_ok = False
                 # Redis restarted without its data, or is gone: the replies of in-flight requests may never
                 # come, so answer them now (503) rather than let each wait for its deadline
-                self._fail_pending(errors.BackendUnavailableError(f"lost the connection to Redis: {exc}"))
+                self._fail_pending(errors.WorkerUnavailableError(f"lost the connection to Redis: {exc}"))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
@@ -330,6 +324,12 @@ class RedisPool(WorkerPool):
     def describe_workers(self) -> list[dict[str, Any]]:
         """Live workers as of the last heartbeat refresh: id, models, device, batches, last beat."""
         return [dict(worker) for worker in self._workers]
+
+    async def load_model(self, name: str, version: int) -> None:
+        """Nothing to do here: workers load what the registry names when they hear of the change."""
+
+    def unload_model(self, name: str, version: int) -> None:
+        """Nothing to do here: workers drop deleted versions when they hear of the change."""
 
     def _safe_url(self) -> str:
         """The Redis URL without its password, for messages."""

@@ -31,7 +31,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from workers.errors import DeadlineExceededError, SpikeserveError
+from registry.errors import RegistryError
+from workers.error_codec import encode_error
+from workers.errors import DeadlineExceededError, InferenceFailedError, SpikeserveError
 from workers.heartbeat import remove_heartbeat, write_heartbeat
 from workers.protocol import InferenceRequest, InferenceResult
 from workers.redis_replies import Reply, ReplyWriter
@@ -124,7 +126,7 @@ class RedisWorker:
             await self._stopping.wait()
         finally:
             # the loops also check _stopping: redis-py can swallow a cancellation that lands in a
-            # blocking read (redis/redis-py#2028), so cancel() alone might not end them
+            # blocking read, so cancel() alone might not end them
             for task in loops:
                 task.cancel()
             await asyncio.wait(loops, timeout=self.block_ms / 1000 + 2.0)
@@ -211,10 +213,10 @@ class RedisWorker:
             return
         self._in_flight[key] = request
         if request.deadline <= time.time():
-            message = f"request {request.request_id} reached its deadline before a worker took it"
-            self._queue_reply(
-                stream, entry_id, reply_to.decode(), request, error=("deadline_exceeded", message)
+            late = DeadlineExceededError(
+                f"request {request.request_id} reached its deadline before a worker took it"
             )
+            self._queue_reply(stream, entry_id, reply_to.decode(), request, error=encode_error(late))
             return
         task = asyncio.create_task(self._answer(stream, entry_id, reply_to.decode(), request))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
@@ -223,16 +225,10 @@ class RedisWorker:
     async def _answer(self, stream: str, entry_id: bytes, reply_to: str, request: InferenceRequest) -> None:
         try:
             result = await self.submit(request)
-        except DeadlineExceededError as exc:
-            self._queue_reply(stream, entry_id, reply_to, request, error=(exc.code, exc.message))
-            return
-        except SpikeserveError as exc:
-            self._queue_reply(stream, entry_id, reply_to, request, error=(exc.code, exc.message))
-            return
-        except Exception as exc:  # the batcher should not raise, but an answer is owed whatever happens
-            log.exception("request %s failed", request.request_id)
-            message = f"{type(exc).__name__}: {exc}"
-            self._queue_reply(stream, entry_id, reply_to, request, error=("inference_failed", message))
+        except Exception as exc:  # typed errors keep their code; anything else is owed an answer too
+            if not isinstance(exc, SpikeserveError | RegistryError):
+                log.exception("request %s failed", request.request_id)
+            self._queue_reply(stream, entry_id, reply_to, request, error=encode_error(exc))
             return
         self._queue_reply(stream, entry_id, reply_to, request, result=result)
 
@@ -247,7 +243,7 @@ class RedisWorker:
         error: tuple[str, str] | None = None,
     ) -> None:
         if result is None:
-            code, message = error or ("inference_failed", "no result")
+            code, message = error or encode_error(InferenceFailedError("no result"))
             result = error_result(request, code, message, self.worker_id)
         payload = result.to_bytes()
         # keep retrying a write across a Redis blip while the gateway may still wait for it
@@ -320,8 +316,10 @@ class RedisWorker:
             self._put_reply(Reply(stream, entry_id, "", b"", time.time()))
             return
         self._in_flight[(stream, entry_id)] = request
-        message = f"request {request.request_id} was taken by {times} workers and none answered it; giving up"
-        self._queue_reply(stream, entry_id, reply_to.decode(), request, error=("inference_failed", message))
+        lost = InferenceFailedError(
+            f"request {request.request_id} was taken by {times} workers and none answered it; giving up"
+        )
+        self._queue_reply(stream, entry_id, reply_to.decode(), request, error=encode_error(lost))
 
     async def _forget_dead_consumers(self) -> None:
         """Delete group consumers (dead workers) idle for an hour with nothing pending."""

@@ -2,7 +2,8 @@
 
 ``decode_image`` -> [C, H, W] float32 in [0, 1] at the model's size; ``decode_events`` ->
 validated EVENT_DTYPE events; ``fit_to_sensor`` -> events on the model's sensor. Each raises the
-typed errors of ``workers.errors`` (400, 413, 415, 422), never anything that becomes a 500.
+typed errors of ``service.decoding.errors`` and ``workers.errors`` (400, 413, 415, 422), never
+anything that becomes a 500.
 """
 
 from service.decoding.events import DecodedEvents, decode_events, fit_to_sensor

@@ -1,6 +1,6 @@
 """Event recordings at the gateway: bytes -> validated events, then fitted to the model's sensor.
 
-torch-free. Every failure is one of the typed errors of ``workers.errors``:
+torch-free. Every failure is a typed error (service/decoding/errors.py, workers.errors):
 400 corrupt bytes, 413 too many events (told by the file's headers, before decoding them),
 415 unknown format, 422 empty recording, coordinates outside the stated sensor, timestamps
 going backwards, or a sensor size that differs from the model's without ``fit``.
@@ -24,12 +24,12 @@ from eventio import (
 )
 from eventio.transforms import crop_events, scale_events
 from registry.manifest import EventInput
-from workers.errors import (
-    InvalidInputError,
+from service.decoding.errors import (
     PayloadTooLargeError,
     UndecodableInputError,
     UnsupportedMediaTypeError,
 )
+from workers.errors import InvalidInputError
 
 FITS = ("crop", "scale")
 

@@ -2,7 +2,7 @@
 
 torch-free. The pixel count is checked from the header, before any pixel is decoded (PNG and
 JPEG through Pillow's lazy ``Image.open``; ``.npy`` through its header), so a decompression bomb
-costs a header read. Errors are the typed errors of ``workers.errors``: 400 undecodable,
+costs a header read. Errors are typed (service/decoding/errors.py, workers.errors): 400 undecodable,
 413 too many pixels, 415 unsupported type, 422 unusable (size, channels, values).
 """
 
@@ -17,12 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from eventio.errors import CorruptFileError
 from eventio.npy import read_header
 from registry.manifest import ImageInput
-from workers.errors import (
-    InvalidInputError,
+from service.decoding.errors import (
     PayloadTooLargeError,
     UndecodableInputError,
     UnsupportedMediaTypeError,
 )
+from workers.errors import InvalidInputError
 
 CONTENT_TYPES = {
     "image/png": "PNG",

@@ -33,10 +33,10 @@ async def readyz(request: Request) -> Response:
         )
     if not state.pool.is_ready():
         return error_response("/readyz", 503, "unavailable", "loading and warming up the default models")
-    body: dict[str, Any] = {"status": "ready"}
-    loaded = getattr(state.pool, "loaded_models", None)
-    if callable(loaded):
-        body["models"] = [f"{name}:{version}" for name, version in loaded()]
+    body: dict[str, Any] = {
+        "status": "ready",
+        "models": [f"{name}:{version}" for name, version in state.pool.loaded_models()],
+    }
     return JSONResponse(body)
 
 

@@ -7,15 +7,18 @@ from functools import partial
 from typing import Any, Literal
 
 import anyio
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from registry.manifest import EventInput, ImageInput
 from service import inference
 from service.auth import require_api_key
 from service.decoding import decode_events, decode_image, fit_to_sensor
 from service.schemas import ClassifyAnswer, ErrorAnswer, TelemetryQuery
 from service.state import get_state
 from service.uploads import read_upload
+from workers.options import check_options
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 # Routes return JSONResponse: the answer is plain JSON data already, and FastAPI's generic encoder
@@ -43,14 +46,17 @@ async def classify(
     started = time.perf_counter()
     state = get_state(request)
     manifest = inference.resolve(state, request, ref)
-    inference.check_kind(manifest, "image", f"POST /v1/models/{ref}/events")
-    options = inference.check_options(manifest, time_steps, top_k, telemetry)
+    options = check_options(manifest, "image", time_steps, top_k, telemetry, f"POST /v1/models/{ref}/events")
+    assert isinstance(manifest.input, ImageInput)  # check_options made sure
     data, content_type = await read_upload(request)
     decode = partial(decode_image, data, content_type, manifest.input, state.settings.max_image_pixels)
     decoded = await anyio.to_thread.run_sync(decode)
-    rid = inference.request_id(request)
-    result = await inference.run(state, request, manifest, "image", decoded.array, options, rid)
-    return JSONResponse(inference.answer(result, list(decoded.warnings), started))
+    label = inference.client_label(request)
+    result = await inference.run(state, manifest, decoded.array, options, label)
+    return JSONResponse(
+        inference.answer(result, list(decoded.warnings), started, label),
+        headers=inference.echo_headers(label),
+    )
 
 
 @router.post("/v1/models/{ref}/events", responses=_ANSWERS, name="events")
@@ -73,16 +79,21 @@ async def classify_events(
     started = time.perf_counter()
     state = get_state(request)
     manifest = inference.resolve(state, request, ref)
-    inference.check_kind(manifest, "events", f"POST /v1/models/{ref}/classify")
-    options = inference.check_options(manifest, time_steps, top_k, telemetry)
+    options = check_options(
+        manifest, "events", time_steps, top_k, telemetry, f"POST /v1/models/{ref}/classify"
+    )
+    spec = manifest.input
+    assert isinstance(spec, EventInput)  # check_options made sure
     data, content_type = await read_upload(request)
 
-    def decode() -> tuple[Any, list[str]]:
+    def decode() -> tuple[np.ndarray, list[str]]:
         decoded = decode_events(data, content_type, format, state.settings.max_events)
-        events, fit_warnings = fit_to_sensor(decoded, manifest.input, fit)
+        events, fit_warnings = fit_to_sensor(decoded, spec, fit)
         return events, [*decoded.warnings, *fit_warnings]
 
     events, warnings = await anyio.to_thread.run_sync(decode)
-    rid = inference.request_id(request)
-    result = await inference.run(state, request, manifest, "events", events, options, rid)
-    return JSONResponse(inference.answer(result, warnings, started))
+    label = inference.client_label(request)
+    result = await inference.run(state, manifest, events, options, label)
+    return JSONResponse(
+        inference.answer(result, warnings, started, label), headers=inference.echo_headers(label)
+    )

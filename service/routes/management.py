@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from registry.errors import describe_validation_error
+from registry.manifest import Manifest
 from service.auth import require_admin
 from service.errors import BadRequestError
 from service.schemas import AliasBody, UploadManifest
@@ -38,8 +39,7 @@ def _plain(value: Any) -> Any:
 
 
 def _loaded_versions(state: ServiceState, name: str) -> list[int]:
-    loaded = getattr(state.pool, "loaded_models", None)
-    return sorted(v for n, v in loaded() if n == name) if callable(loaded) else []
+    return sorted(v for n, v in state.pool.loaded_models() if n == name)
 
 
 @router.get("/v1/models", name="list_models")
@@ -55,7 +55,7 @@ async def show_model(request: Request, name: str) -> dict[str, Any]:
     """One model: every version's manifest, its aliases, and the versions loaded in this process."""
     state = get_state(request)
 
-    def read() -> tuple[list[Any], dict[str, int]]:
+    def read() -> tuple[list[Manifest], dict[str, int]]:
         return state.registry.versions(name), state.registry.aliases(name)
 
     versions, aliases = await anyio.to_thread.run_sync(read)
@@ -96,7 +96,7 @@ async def upload_model(request: Request) -> JSONResponse:
     return JSONResponse(_plain(manifest), status_code=201)
 
 
-def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Any:
+def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Manifest:
     return state.registry.register(
         fields.name,
         architecture=fields.architecture,
@@ -113,14 +113,11 @@ def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Any
     )
 
 
-async def _check_loads(state: ServiceState, manifest: Any) -> None:
+async def _check_loads(state: ServiceState, manifest: Manifest) -> None:
     """In-process workers load a new version at once: weights that do not fit are refused now, with the
     reason, instead of failing every later request. Distributed gateways hold no network to try."""
-    load = getattr(state.pool, "load_model", None)
-    if not callable(load):
-        return
     try:
-        await load(manifest.name, manifest.version)
+        await state.pool.load_model(manifest.name, manifest.version)
     except Exception as exc:
         reason = getattr(exc, "message", None) or str(exc)
         await anyio.to_thread.run_sync(
@@ -165,7 +162,5 @@ async def delete_version(
     """Delete one version (409 while an alias points at it, unless ``force``)."""
     state = get_state(request)
     await anyio.to_thread.run_sync(lambda: state.registry.delete_version(name, version, force))
-    unload = getattr(state.pool, "unload_model", None)
-    if callable(unload):
-        unload(name, version)
+    state.pool.unload_model(name, version)
     return {"deleted": {"name": name, "version": version}}

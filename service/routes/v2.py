@@ -25,13 +25,16 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from registry.errors import ModelNotFoundError
+from registry.manifest import ImageInput, Manifest
 from service import inference
 from service.auth import require_api_key
 from service.errors import BadRequestError
 from service.metrics import label_model
 from service.schemas import V2InferRequest
 from service.state import ServiceState, get_state
-from workers.errors import InvalidInputError, ModelNotFoundError
+from workers.errors import InvalidInputError
+from workers.options import check_options
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 infer_router = APIRouter(tags=["open inference protocol (v2)"], dependencies=[Depends(require_api_key)])
@@ -46,7 +49,7 @@ except PackageNotFoundError:  # running from a checkout that was never installed
     SERVER_VERSION = "0+unknown"
 
 
-def _resolve(state: ServiceState, name: str, version: str | None) -> Any:
+def _resolve(state: ServiceState, name: str, version: str | None) -> Manifest:
     if version is None:
         return state.resolver.resolve(name)
     # ASCII digits only: str.isdigit() also takes '¹' (which int() refuses) and '١' (which int() reads as 1)
@@ -55,7 +58,7 @@ def _resolve(state: ServiceState, name: str, version: str | None) -> Any:
     return state.resolver.resolve(f"{name}:{int(version)}")
 
 
-def _resolve_for_inference(request: Request, state: ServiceState, name: str, version: str | None) -> Any:
+def _resolve_for_inference(request: Request, state: ServiceState, name: str, version: str | None) -> Manifest:
     manifest = _resolve(state, name, version)
     label_model(request, manifest.name, manifest.version)
     return manifest
@@ -82,7 +85,7 @@ def _bool_answer(key: str, value: bool) -> Response:
     return JSONResponse({key: value}, status_code=200 if value else 400)
 
 
-def _metadata(state: ServiceState, manifest: Any) -> dict[str, Any]:
+def _metadata(state: ServiceState, manifest: Manifest) -> dict[str, Any]:
     spec = manifest.input
     versions = [str(m.version) for m in state.registry.versions(manifest.name)]
     if spec.kind == "image":
@@ -148,31 +151,31 @@ async def infer_version(request: Request, name: str, version: str) -> JSONRespon
 async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
     state = get_state(request)
     manifest = _resolve_for_inference(request, state, name, version)
-    inference.check_kind(manifest, "image", f"POST /v1/models/{manifest.name}/events")
+    check_options(manifest, "image", None, 1, "none", f"POST /v1/models/{manifest.name}/events")
     body = await request.body()
     try:
         payload = await anyio.to_thread.run_sync(V2InferRequest.model_validate_json, body)
     except ValidationError as exc:
         raise BadRequestError(f"not a valid inference request: {_first_error(exc)}") from None
     parameters = payload.parameters or {}
-    options = inference.check_options(
-        manifest, _int_parameter(parameters, "time_steps"), len(manifest.labels) or 1, _telemetry(parameters)
+    options = check_options(
+        manifest,
+        "image",
+        _int_parameter(parameters, "time_steps"),
+        len(manifest.labels) or 1,
+        _telemetry(parameters),
     )
     images = await anyio.to_thread.run_sync(_images, payload, manifest)
-    rid = payload.id or inference.request_id(request)
-    # each image is its own request; the batcher puts them back together
+    # the protocol echoes the request's ``id``; it is a label, like X-Request-ID: each image is its
+    # own request under its own server-minted id, and the batcher puts them back together
+    label = payload.id or inference.client_label(request)
     results = await asyncio.gather(
-        *(
-            inference.run(
-                state, request, manifest, "image", image, options, f"{rid}/{i}" if len(images) > 1 else rid
-            )
-            for i, image in enumerate(images)
-        )
+        *(inference.run(state, manifest, image, options, label) for image in images)
     )
     answer: dict[str, Any] = {
         "model_name": manifest.name,
         "model_version": str(manifest.version),
-        "id": rid,
+        "id": label or results[0].request_id,
         "outputs": [
             {
                 "name": OUTPUT_NAME,
@@ -211,7 +214,7 @@ def _telemetry(parameters: dict[str, Any]) -> str:
     return str(level)
 
 
-def _images(payload: V2InferRequest, manifest: Any) -> list[np.ndarray]:
+def _images(payload: V2InferRequest, manifest: Manifest) -> list[np.ndarray]:
     """The request's ``input`` tensor as B images [C, H, W] float32, checked against the model."""
     tensors = {tensor.name: tensor for tensor in payload.inputs}
     if INPUT_NAME not in tensors:
@@ -221,6 +224,7 @@ def _images(payload: V2InferRequest, manifest: Any) -> list[np.ndarray]:
     if tensor.datatype != "FP32":
         raise InvalidInputError(f"input '{INPUT_NAME}' must be FP32, got {tensor.datatype}")
     spec = manifest.input
+    assert isinstance(spec, ImageInput)  # check_options made sure
     expected = (spec.channels, spec.height, spec.width)
     shape = tuple(tensor.shape)
     if shape == expected:

@@ -1,7 +1,7 @@
 """The bundled zoo/ served for real: a held-out MNIST digit, the real N-MNIST and DVXplorer recordings.
 
-Skipped, saying why, while zoo/ lacks danet-mnist or spikeformer-nmnist (the demo-checkpoints
-issue produces them). Recordings come from ../shared/data (the ``shared_data`` fixture).
+Skipped, saying why, while zoo/ lacks danet-mnist or spikeformer-nmnist (the training recipes
+produce them). Recordings come from ../shared/data (the ``shared_data`` fixture).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _zoo_models() -> set[str]:
 def zoo_server() -> Iterator[ServerProcess]:
     missing = {DANET, SPIKEFORMER} - _zoo_models()
     if missing:
-        pytest.skip(f"zoo/ lacks {', '.join(sorted(missing))}: run the training recipes (issue 5) first")
+        pytest.skip(f"zoo/ lacks {', '.join(sorted(missing))}: run the training recipes (docs/) first")
     with ServerProcess(ZOO, env={"SPIKESERVE_ADMIN_TOKEN": "zoo-e2e"}) as process:
         yield process
 

@@ -165,8 +165,3 @@ def multistep_lif_inductor(
     )
     out, v, count = compiled_loop(params)(x, inv_tau if tensor_tau else None, v_init)
     return LIFResult(out=out, v=v, spike_count=count)
-
-
-def compiled_count() -> int:
-    """How many compiled loops this process holds (one per distinct static combination)."""
-    return len(_COMPILED)

@@ -96,7 +96,7 @@ def test_every_query_names_exported_metrics_and_labels(title: str, expr: str):
         assert label in labels_known, f"panel {title!r} uses label {label!r}, which {names} do not have"
 
 
-def test_dashboard_covers_what_the_issue_asks_for():
+def test_dashboard_covers_requests_latency_queue_batches_spikes_and_energy():
     queried = " ".join(expr for _title, expr in dashboard_queries())
     for needed in (
         "spikeserve_requests_total",  # request rate

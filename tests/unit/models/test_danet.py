@@ -58,7 +58,7 @@ def test_parameter_counts_at_imagenet_size(arch: str, expected: int) -> None:
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
-def test_issue_example_small_stem_on_mnist() -> None:
+def test_small_stem_takes_mnist_sized_input() -> None:
     model = create_model("danet_resnet18", num_classes=10, in_channels=1, stem="small").eval()
     with torch.no_grad():
         assert model(torch.rand(2, 2, 1, 28, 28)).shape == (2, 10)

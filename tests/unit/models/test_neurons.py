@@ -1,4 +1,4 @@
-"""models/neurons.py against sequences worked out by hand from the equations of issue 2, section 2.
+"""models/neurons.py against sequences worked out by hand from the LIF equations (see models/neurons.py).
 
 Every input below is a dyadic fraction (0.5, 1.5, 0.625, ...) or chosen far from the threshold,
 so the float32 arithmetic is exact or cannot flip a spike, and the expectations are exact.
@@ -21,7 +21,7 @@ def run(neuron: MultiStepNeuron, inputs: list[float]) -> list[float]:
     return neuron(x).reshape(-1).tolist()
 
 
-def test_defaults_match_the_issue() -> None:
+def test_defaults_are_tau_2_threshold_1_hard_reset_to_0() -> None:
     lif = LIF()
     assert (lif.tau, lif.v_threshold, lif.v_reset) == (2.0, 1.0, 0.0)
     assert lif.decay_input and lif.detach_reset and lif.surrogate_alpha == 4.0

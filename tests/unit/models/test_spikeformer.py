@@ -14,7 +14,7 @@ from models.neurons import PLIAF, PLIF, neuron_factory
 from models.spikeformer import Spikeformer
 from models.spikeformer_blocks import AttentionPoolHead, MultiHeadAttention, SEWBlock, drop_path
 
-# Parameter counts of the authors' published code, counted by instantiating it (issue 2, section 4).
+# Parameter counts of the authors' published code, counted by instantiating it: our builders must match.
 AUTHORS_PARAMETERS = {
     "spikeformer_dvs_gesture": 9_279_900,
     "spikeformer_dvs_cifar10": 8_792_993,

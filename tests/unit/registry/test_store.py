@@ -11,7 +11,7 @@ from filelock import FileLock
 
 from registry.errors import LockTimeoutError
 from registry.store import (
-    Layout,
+    RegistryLayout,
     atomic_write_bytes,
     atomic_write_json,
     bump_generation,
@@ -30,7 +30,7 @@ from registry.store import (
 
 @pytest.fixture
 def layout(tmp_path):
-    layout = Layout(tmp_path / "zoo")
+    layout = RegistryLayout(tmp_path / "zoo")
     layout.create()
     return layout
 

@@ -13,7 +13,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from registry.errors import InvalidWeightsError
-from registry.store import Layout
+from registry.store import RegistryLayout
 from registry.weights import (
     read_safetensors_header_file,
     stage_weights,
@@ -39,7 +39,7 @@ def _raw_safetensors(header: dict, buffer: bytes) -> bytes:
 
 @pytest.fixture
 def layout(tmp_path):
-    return Layout(tmp_path / "zoo")
+    return RegistryLayout(tmp_path / "zoo")
 
 
 def test_valid_safetensors_header_lists_tensors(tmp_path):

@@ -21,12 +21,12 @@ from eventio.nmnist import write_nmnist
 from eventio.npy import write_npy
 from registry.manifest import EventInput, ImageInput
 from service.decoding import decode_events, decode_image, fit_to_sensor
-from workers.errors import (
-    InvalidInputError,
+from service.decoding.errors import (
     PayloadTooLargeError,
     UndecodableInputError,
     UnsupportedMediaTypeError,
 )
+from workers.errors import InvalidInputError
 
 GRAY28 = ImageInput(channels=1, height=28, width=28)
 RGB28 = ImageInput(channels=3, height=28, width=28)

@@ -9,15 +9,21 @@ from fastapi import FastAPI, Query
 from fastapi.testclient import TestClient
 
 import registry.errors as registry_errors
+import service.decoding.errors as decoding_errors
 import workers.errors as worker_errors
-from service.errors import STATUS_BY_CODE, AuthenticationError, BadRequestError, install_error_handlers
+from service.auth import AuthenticationError
+from service.errors import STATUS_BY_CODE, BadRequestError, install_error_handlers
 
 
 def _error_classes(module: object, base: type) -> list[type]:
     return [cls for _, cls in inspect.getmembers(module, inspect.isclass) if issubclass(cls, base)]
 
 
-WORKER_ERRORS = _error_classes(worker_errors, worker_errors.SpikeserveError)
+WORKER_ERRORS = _error_classes(worker_errors, worker_errors.SpikeserveError) + [
+    cls
+    for cls in _error_classes(decoding_errors, worker_errors.SpikeserveError)
+    if cls.__module__ == decoding_errors.__name__
+]
 REGISTRY_ERRORS = _error_classes(registry_errors, registry_errors.RegistryError)
 
 
@@ -99,3 +105,15 @@ def test_the_gateway_answers_unknown_routes_and_methods_in_json(static_app) -> N
     assert client.get("/v1/nothing/here").json()["error"]["code"] == "not_found"
     wrong_method = client.get("/v1/models/tiny-danet/classify")
     assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_docs_table_lists_every_code_with_its_status() -> None:
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[3] / "docs" / "ERRORS.md").read_text()
+    rows = {
+        cells[1].strip("` "): int(cells[2])
+        for line in table.splitlines()
+        if line.startswith("| `") and len(cells := line.split("|")) > 3
+    }
+    assert rows == STATUS_BY_CODE

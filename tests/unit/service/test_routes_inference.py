@@ -65,7 +65,10 @@ def test_options_time_steps_top_k_telemetry_and_request_id(serving: TestClient) 
         f"{CLASSIFY}?time_steps=2&top_k=50&telemetry=none", content=npy_bytes(digit()), headers=headers
     )
     body = answer.json()
-    assert body["request_id"] == "client-id-42"
+    # the server correlates on an id it minted; the client's value is echoed as a label only
+    assert body["request_id"] != "client-id-42" and len(body["request_id"]) == 32
+    assert body["client_request_id"] == "client-id-42"
+    assert answer.headers["X-Request-ID"] == "client-id-42"
     assert body["time_steps"] == 2
     assert len(body["predictions"]) == 10  # top_k beyond the classes: every class
     assert body["telemetry"] is None

@@ -15,10 +15,10 @@ import pytest
 
 from workers.batcher import Batcher
 from workers.errors import (
-    BackendUnavailableError,
     DeadlineExceededError,
     InferenceFailedError,
     QueueFullError,
+    WorkerUnavailableError,
 )
 from workers.protocol import InferenceRequest, InferenceResult
 
@@ -212,7 +212,7 @@ def test_stop_fails_queued_requests_and_submit_before_start_is_refused() -> None
     batcher = make_batcher(run, size=1, delay_ms=0)
 
     async def body() -> list[object]:
-        with pytest.raises(BackendUnavailableError):
+        with pytest.raises(WorkerUnavailableError):
             await batcher.submit(make_request(0))
         await batcher.start()
         tasks = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(3)]
@@ -223,5 +223,5 @@ def test_stop_fails_queued_requests_and_submit_before_start_is_refused() -> None
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     outcomes = asyncio.run(body())
-    assert isinstance(outcomes[0], InferenceResult | BackendUnavailableError)
-    assert all(isinstance(o, BackendUnavailableError) for o in outcomes[1:])
+    assert isinstance(outcomes[0], InferenceResult | WorkerUnavailableError)
+    assert all(isinstance(o, WorkerUnavailableError) for o in outcomes[1:])

@@ -15,7 +15,7 @@ from tiny_zoo import IMAGE_MODEL, register_danet
 from registry import Registry
 from service.settings import Settings
 from workers.embedded import EmbeddedPool
-from workers.errors import BackendUnavailableError
+from workers.errors import WorkerUnavailableError
 from workers.protocol import InferenceRequest
 
 
@@ -43,7 +43,7 @@ def test_start_loads_defaults_then_batches_concurrent_requests(tiny_registry: An
 
     async def body() -> list[Any]:
         assert not pool.is_ready()
-        with pytest.raises(BackendUnavailableError):
+        with pytest.raises(WorkerUnavailableError):
             await pool.submit(image_request(0))
         await pool.start()
         try:

@@ -170,7 +170,7 @@ def test_no_live_worker_for_the_model_is_refused_at_once(prefix):
         await pool.start()
         try:
             started = time.monotonic()
-            with pytest.raises(errors.BackendUnavailableError) as refused:
+            with pytest.raises(errors.WorkerUnavailableError) as refused:
                 await pool.submit(make_request(1, model="m"))
             return refused.value, time.monotonic() - started
         finally:
@@ -229,7 +229,7 @@ def test_unreachable_redis_is_backend_unavailable_quickly():
         try:
             ready = pool.is_ready()
             started = time.monotonic()
-            with pytest.raises(errors.BackendUnavailableError) as refused:
+            with pytest.raises(errors.WorkerUnavailableError) as refused:
                 await pool.submit(make_request(1))
             return ready, refused.value, time.monotonic() - started
         finally:
