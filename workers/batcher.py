@@ -37,6 +37,15 @@ log = logging.getLogger("spikeserve.batcher")
 RunBatch = Callable[[Sequence[InferenceRequest]], list[InferenceResult]]
 
 
+def group_by_batch_key(requests: Sequence[InferenceRequest]) -> list[list[int]]:
+    """Indices of ``requests`` in groups that may share one ``run_batch`` (same ``batch_key``),
+    in order of first appearance: for a caller that gets its batches ready-made (TorchServe)."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.batch_key, []).append(index)
+    return list(groups.values())
+
+
 @dataclass
 class _Waiting:
     request: InferenceRequest

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
 from models.kernels.lif import eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
-from registry import Registry
 from registry.manifest import Manifest
 from workers import metrics
 from workers.error_codec import encode_error
@@ -104,20 +103,29 @@ def _eager_runner(module: nn.Module) -> Forward:
     return run_eager
 
 
+class CheckpointSource(Protocol):
+    """Where the engine gets networks: a ``registry.Registry``, or the one version a TorchServe
+    archive holds (``workers.torchserve.handler.MarRegistry``)."""
+
+    def load(self, ref: str, device: str = "cpu") -> tuple[Manifest, nn.Module]:
+        """The manifest ``ref`` names and its network, weights checked and loaded strictly."""
+        ...
+
+
 class Engine:
     """Runs batches of ``InferenceRequest`` on the networks of one registry.
 
-    ``registry``: a ``registry.Registry``. ``device``: "cpu", "cuda" or "cuda:N". ``backend``: the
-    neuron backend (torch, triton, inductor or auto). Up to ``max_models`` versions stay loaded;
-    the least recently used one is dropped beyond that. ``optimize``: prepare each network with
-    ``models.optimize.optimize_for_inference`` (BN folding everywhere; on a GPU also bf16 and CUDA
-    graphs per batch-size bucket, captured at load time); a network it cannot prepare is served as
-    loaded, with a warning.
+    ``registry``: a ``registry.Registry`` (or any ``CheckpointSource``). ``device``: "cpu", "cuda"
+    or "cuda:N". ``backend``: the neuron backend (torch, triton, inductor or auto). Up to
+    ``max_models`` versions stay loaded; the least recently used one is dropped beyond that.
+    ``optimize``: prepare each network with ``models.optimize.optimize_for_inference`` (BN folding
+    everywhere; on a GPU also bf16 and CUDA graphs per batch-size bucket, captured at load time); a
+    network it cannot prepare is served as loaded, with a warning.
     """
 
     def __init__(
         self,
-        registry: Registry,
+        registry: CheckpointSource,
         device: str = "cpu",
         backend: str = "auto",
         worker_id: str = "embedded",

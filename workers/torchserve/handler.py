@@ -22,19 +22,23 @@ import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry import loading
-from registry.errors import RegistryError
+from registry.errors import ModelNotFoundError, RegistryError
 from registry.manifest import Manifest
 from service.decoding import decode_events, decode_image, fit_to_sensor
 from service.errors import DEFAULT_RETRY_AFTER_S, status_for
-from service.inference import Options, answer, check_options
+from service.inference import answer
 from service.settings import Settings
-from workers.errors import ModelNotFoundError, SpikeserveError
-from workers.protocol import TELEMETRY_LEVELS, InferenceRequest
+from workers.batcher import group_by_batch_key
+from workers.errors import SpikeserveError
+from workers.options import RunOptions, check_options
+from workers.protocol import TELEMETRY_LEVELS, InferenceRequest, InferenceResult, new_request_id
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 log = logging.getLogger("spikeserve.torchserve")
 
@@ -62,7 +66,7 @@ class MarRegistry:
         self.manifest = manifest
         self.weights = weights
 
-    def load(self, ref: str, device: str = "cpu") -> tuple[Manifest, Any]:
+    def load(self, ref: str, device: str = "cpu") -> tuple[Manifest, nn.Module]:
         expected = f"{self.manifest.name}:{self.manifest.version}"
         if ref != expected:
             raise ModelNotFoundError(f"this archive holds {expected}, not {ref}")
@@ -128,13 +132,20 @@ class SpikeserveHandler:
                 bodies[index] = _error(context, index, exc.code, exc.message)
                 continue
             pending.append((index, request, warnings))
-        results = self.engine.run_batch([request for _, request, _ in pending]) if pending else []
+        requests = [request for _, request, _ in pending]
+        results: list[InferenceResult | None] = [None] * len(pending)
+        for group in group_by_batch_key(requests):  # rows asking for different T run apart
+            for position, result in zip(
+                group, self.engine.run_batch([requests[i] for i in group]), strict=True
+            ):
+                results[position] = result
         for (index, _, warnings), result in zip(pending, results, strict=True):
+            assert result is not None
             if result.error is not None:
                 bodies[index] = _error(context, index, *result.error)
             else:
                 context.set_response_content_type(index, "application/json")
-                bodies[index] = json.dumps(answer(result, warnings, started)).encode()
+                bodies[index] = json.dumps(answer(result, warnings, started, None)).encode()
         return bodies
 
     def _request(self, fields: _Fields) -> tuple[InferenceRequest, list[str]]:
@@ -156,13 +167,13 @@ class SpikeserveHandler:
             array, fit_warnings = fit_to_sensor(events, manifest.input, fit)
             warnings = [*events.warnings, *fit_warnings]
         request = InferenceRequest(
-            request_id=uuid.uuid4().hex,  # the server mints the ids it relies on
+            request_id=new_request_id(),  # the server mints the ids it relies on
             model_name=manifest.name,
             model_version=manifest.version,
-            kind=manifest.input.kind,
+            kind=options.kind,
             array=array,
             time_steps=options.time_steps,
-            telemetry=options.telemetry,  # type: ignore[arg-type]
+            telemetry=options.telemetry,
             top_k=options.top_k,
             deadline=time.time() + settings.request_timeout_s,
         )
@@ -224,7 +235,7 @@ class _Fields:
         return value
 
 
-def _options(manifest: Manifest, fields: _Fields) -> Options:
+def _options(manifest: Manifest, fields: _Fields) -> RunOptions:
     """The query options, checked as the gateway checks them (its ranges, its defaults)."""
     time_steps = fields.integer("time_steps", 1, 256)
     top_k = fields.integer("top_k", 1, MAX_TOP_K)
@@ -233,7 +244,7 @@ def _options(manifest: Manifest, fields: _Fields) -> Options:
         raise InvalidRequestError(
             f"telemetry: must be one of {', '.join(TELEMETRY_LEVELS)}, got {telemetry!r}"
         )
-    return check_options(manifest, time_steps, 5 if top_k is None else top_k, telemetry)
+    return check_options(manifest, manifest.input.kind, time_steps, 5 if top_k is None else top_k, telemetry)
 
 
 def _error(context: Any, index: int, code: str, message: str) -> bytes:
