@@ -10,6 +10,7 @@ worker and registry families; a code this gateway does not know (a newer worker)
 from __future__ import annotations
 
 from registry import errors as registry_errors
+from registry.importers import errors as importer_errors
 from workers import errors as worker_errors
 from workers.errors import InferenceFailedError, InvalidInputError, SpikeserveError
 from workers.protocol import InferenceResult
@@ -19,9 +20,15 @@ TypedError = SpikeserveError | registry_errors.RegistryError
 
 def _classes() -> dict[str, type[TypedError]]:
     found: dict[str, type[TypedError]] = {}
-    for module, base in ((worker_errors, SpikeserveError), (registry_errors, registry_errors.RegistryError)):
+    families = (
+        (worker_errors, SpikeserveError),
+        (registry_errors, registry_errors.RegistryError),
+        (importer_errors, registry_errors.RegistryError),
+    )
+    for module, base in families:
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, base):
+            # a subclass that keeps its parent's code (an importer's) decodes as the parent
+            if isinstance(value, type) and issubclass(value, base) and "code" in vars(value):
                 code = str(value.code)
                 if code in found and found[code] is not value:
                     raise RuntimeError(f"error code {code!r} names both {found[code]} and {value}")
