@@ -313,7 +313,7 @@ class Registry:
         versions = store.version_numbers(self.layout, name)
         if not versions:
             known = ", ".join(store.model_names(self.layout)) or "none"
-            raise ModelNotFoundError(f"no model named {name!r} in registry {self.root}; models: {known}")
+            raise ModelNotFoundError(f"no model named {name!r} in the registry; models: {known}")
         return versions
 
     def _read_aliases(self, name: str) -> dict[str, int]:

@@ -10,8 +10,10 @@ answer is JSON ``{"error": {"code", "message"}}``; a 503 carries ``Retry-After``
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,7 +109,23 @@ def response_for(path: str, exc: SpikeserveError | RegistryError) -> JSONRespons
 
 async def _typed(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SpikeserveError | RegistryError)
-    return response_for(request.url.path, exc)
+    response = response_for(request.url.path, exc)
+    state = getattr(request.app.state, "spikeserve", None)
+    return response if state is None else _without_registry_path(response, Path(state.settings.registry))
+
+
+def _without_registry_path(response: JSONResponse, root: Path) -> JSONResponse:
+    """The answer with the registry's folder written as ``<registry>``: messages raised below
+    (a manifest or weights file that does not read) name files, and where the server keeps its
+    files is nothing a client needs to know."""
+    body = bytes(response.body)
+    for form in sorted({str(root.absolute()), str(root.resolve())}, key=len, reverse=True):
+        if len(form) > 1:
+            body = body.replace(json.dumps(form)[1:-1].encode(), b"<registry>")
+    if body == response.body:
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return JSONResponse(json.loads(body), status_code=response.status_code, headers=headers)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

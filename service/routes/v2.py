@@ -37,6 +37,8 @@ from workers.errors import InvalidInputError
 from workers.options import check_options
 
 router = APIRouter(tags=["open inference protocol (v2)"])
+# with API keys configured, what a model is (and whether it exists) is for key holders only, as
+# its inference is; the server's own metadata and health stay open for probes
 infer_router = APIRouter(tags=["open inference protocol (v2)"], dependencies=[Depends(require_api_key)])
 
 INPUT_NAME = "input"
@@ -112,26 +114,26 @@ def _metadata(state: ServiceState, manifest: Manifest) -> dict[str, Any]:
     }
 
 
-@router.get("/v2/models/{name}", name="v2_model_metadata")
+@infer_router.get("/v2/models/{name}", name="v2_model_metadata")
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     state = get_state(request)
     return _metadata(state, _resolve(state, name, None))
 
 
-@router.get("/v2/models/{name}/versions/{version}", name="v2_model_version_metadata")
+@infer_router.get("/v2/models/{name}/versions/{version}", name="v2_model_version_metadata")
 async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     state = get_state(request)
     return _metadata(state, _resolve(state, name, version))
 
 
-@router.get("/v2/models/{name}/ready", name="v2_model_ready")
+@infer_router.get("/v2/models/{name}/ready", name="v2_model_ready")
 async def model_ready(request: Request, name: str) -> Response:
     state = get_state(request)
     _resolve(state, name, None)  # 404 for an unknown model
     return _bool_answer("ready", state.is_ready())
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", name="v2_model_version_ready")
+@infer_router.get("/v2/models/{name}/versions/{version}/ready", name="v2_model_version_ready")
 async def model_version_ready(request: Request, name: str, version: str) -> Response:
     state = get_state(request)
     _resolve(state, name, version)

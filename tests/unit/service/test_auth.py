@@ -77,6 +77,52 @@ def test_api_keys_guard_inference_only(tiny_root: Path) -> None:
             client.post("/v2/models/tiny-danet/infer", json=v2, headers={"X-API-Key": "key-one"}).status_code
             == 200
         )
-        # probes, metrics and metadata stay open
-        for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/models/tiny-danet"):
+        # probes, metrics and the server's own metadata stay open
+        for path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
             assert client.get(path).status_code == 200, path
+
+
+MODEL_METADATA = (
+    "/v2/models/tiny-danet",
+    "/v2/models/tiny-danet/versions/1",
+    "/v2/models/tiny-danet/ready",
+    "/v2/models/tiny-danet/versions/1/ready",
+    "/v2/models/no-such-model",  # a 401, not a 404: whether a model exists is not told either
+)
+
+
+@pytest.mark.parametrize("path", MODEL_METADATA)
+def test_api_keys_guard_model_metadata(tiny_root: Path, path: str) -> None:
+    settings = Settings(registry=tiny_root, admin_token=ADMIN, api_keys=["key-one"])
+    with make_client(settings, pool=StaticPool()) as client:
+        refused = client.get(path)
+        assert refused.status_code == 401 and "tiny-danet" not in refused.text
+        allowed = client.get(path, headers={"X-API-Key": "key-one"})
+        assert allowed.status_code == (404 if "no-such" in path else 200)
+
+
+def test_error_messages_do_not_show_the_registry_folder(static_app) -> None:  # type: ignore[no-untyped-def]
+    client, _ = static_app
+    root = str(client.app.state.spikeserve.settings.registry)
+    assert root.startswith("/")
+    answers = [
+        client.get("/v2/models/no-such-model"),
+        client.post("/v1/models/no-such-model/classify", content=IMAGE, headers=NPY),
+        client.get("/v1/models/no-such-model", headers={"Authorization": f"Bearer {ADMIN}"}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404 and "no-such-model" in answer.text
+        assert root not in answer.text and "tiny-registry" not in answer.text, answer.text
+
+
+def test_a_message_naming_a_registry_file_shows_it_relative_to_the_registry(tiny_root: Path) -> None:
+    from registry.errors import IntegrityError
+
+    broken = StaticPool(error=IntegrityError(f"manifest {tiny_root / 'tiny-danet' / '1.json'} is not valid"))
+    with make_client(Settings(registry=tiny_root, admin_token=ADMIN), pool=broken) as client:
+        answer = client.post("/v1/models/tiny-danet/classify", content=IMAGE, headers=NPY)
+    assert answer.status_code == 500
+    assert (
+        str(tiny_root) not in answer.text
+        and "<registry>/tiny-danet/1.json" in answer.json()["error"]["message"]
+    )
