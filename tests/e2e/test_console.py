@@ -21,6 +21,7 @@ import pytest
 from browser_support import console_errors, start_chromium, wait_for
 from PIL import Image
 from server_process import REPO_ROOT, ServerProcess
+from tiny_zoo import build_tiny_registry
 
 from eventio import make_events
 from eventio.npy import write_npy
@@ -372,4 +373,39 @@ def test_models_view_reads_and_manages_the_registry_with_a_tab_only_token(browse
     by_id(browser, "token-forget").click()
     wait_for(lambda: "Served now" in by_id(browser, "models-list").text, 10, "the public view")
     assert browser.execute_script("return sessionStorage.getItem('spikeserve.adminToken')") is None
+    assert console_errors(browser) == []
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose inference needs an API key (tiny random-weight models: only the flow matters)."""
+    registry = tmp_path_factory.mktemp("console-keyed")
+    build_tiny_registry(registry)
+    env = {
+        "SPIKESERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SPIKESERVE_API_KEYS": '["a-client-key"]',
+        "SPIKESERVE_NEURON_BACKEND": "torch",
+        "SPIKESERVE_TORCH_THREADS": "1",
+    }
+    with ServerProcess(registry, env=env) as process:
+        yield process
+
+
+def test_a_server_with_api_keys_takes_the_tabs_token_for_inference(browser, keyed_server):
+    open_view(browser, keyed_server, "classify")
+    draw_a_one(browser)
+    by_id(browser, "draw-classify").click()
+    wait_for(lambda: shown(browser, "classify-error"), 30, "the 401")
+    assert by_id(browser, "classify-error").text.startswith("401 unauthorized: inference needs an API key")
+    assert "Models tab" in by_id(browser, "classify-error").text
+    console_errors(browser)
+
+    by_id(browser, "tabs").find_element("link text", "Models").click()
+    by_id(browser, "admin-token").send_keys(ADMIN_TOKEN)
+    css(browser, "#token-form button[type=submit]")[0].click()
+    wait_for(lambda: css(browser, "tr[data-model='tiny-danet']"), 10, "the registry table")
+    by_id(browser, "tabs").find_element("link text", "Classify").click()
+    by_id(browser, "draw-classify").click()  # the drawing is still there
+    wait_for(lambda: shown(browser, "classify-result"), 30, "the answer")
+    assert not shown(browser, "classify-error")
     assert console_errors(browser) == []

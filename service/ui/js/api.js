@@ -36,14 +36,14 @@ async function errorFrom(response) {
 
 // call("GET", "/v1/models", {admin: true}) -> parsed JSON, or throws ApiError.
 // body: a Blob/File/ArrayBuffer (sent raw with contentType), FormData, or a plain object (JSON).
+// The tab's token goes with every call once entered: a server with SPIKESERVE_API_KEYS takes the
+// admin token as an API key too, and one without keys ignores it on inference.
 export async function call(method, path, { body, contentType, admin = false } = {}) {
   const headers = {};
   let payload = body;
-  if (admin) {
-    const token = adminToken.get();
-    if (!token) throw new ApiError(401, "unauthorized", "enter the admin token on the Models tab first");
-    headers.Authorization = `Bearer ${token}`;
-  }
+  const token = adminToken.get();
+  if (admin && !token) throw new ApiError(401, "unauthorized", "enter the admin token on the Models tab first");
+  if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined && !(body instanceof FormData) && !(body instanceof Blob) && !(body instanceof ArrayBuffer)) {
     payload = JSON.stringify(body);
     headers["Content-Type"] = "application/json";

@@ -2,7 +2,7 @@
 // telemetry, and draw the answer.
 
 import { call, query } from "./api.js";
-import { fillModelSelect, onFileDrop, showError } from "./widgets.js";
+import { describeError, fillModelSelect, onFileDrop, showError } from "./widgets.js";
 import { renderAnswer } from "./telemetry.js";
 
 const BRUSH = 22; // px on the 280 px canvas: about an MNIST pen stroke once scaled to 28 px
@@ -33,7 +33,7 @@ export function initClassify(models) {
       result.hidden = false;
     } catch (exc) {
       result.hidden = true;
-      showError(error, `${exc.status || ""} ${exc.code || ""}: ${exc.message}`);
+      showError(error, describeError(exc));
     }
   }
 

@@ -5,7 +5,7 @@ import { call, query } from "./api.js";
 import { decodeRecording } from "./eventfiles.js";
 import { eventsToFrames, fitToSensor, frameTotals, moviePlayer } from "./frames.js";
 import { renderAnswer } from "./telemetry.js";
-import { fillModelSelect, onFileDrop, showError } from "./widgets.js";
+import { describeError, fillModelSelect, onFileDrop, showError } from "./widgets.js";
 
 const FORMAT_BY_EXTENSION = { aedat4: "aedat4", bin: "nmnist", npy: "npy" };
 
@@ -61,7 +61,7 @@ export function initEvents(models) {
       result.hidden = false;
     } catch (exc) {
       result.hidden = true;
-      problems.push(`${exc.status || ""} ${exc.code || ""}: ${exc.message}`);
+      problems.push(describeError(exc));
     }
     showError(error, problems.length ? problems.join("\n") : null);
   });

@@ -43,3 +43,9 @@ export function showError(element, message) {
   element.hidden = message === null;
   element.textContent = message || "";
 }
+
+// An ApiError as one line: status, code, the server's message; a 401 says where the token goes.
+export function describeError(exc) {
+  const hint = exc.status === 401 ? " (enter the admin token on the Models tab; it is accepted as an API key)" : "";
+  return `${exc.status || ""} ${exc.code || ""}: ${exc.message}${hint}`.trim();
+}
