@@ -45,9 +45,13 @@ async function boot() {
     models = await waitForModels(status);
     status.textContent = `ready: ${models.map((m) => `${m.name}:${m.version}`).join(", ") || "no models"}`;
   } catch (error) {
-    status.textContent = `the server answered: ${error.message}`;
+    status.textContent = error.status === 401
+      ? "this server asks for a key: enter the admin token on the Models tab"
+      : `the server answered: ${error.message}`;
     status.classList.add("error");
     models = [];
+    // once a token is entered, start again with it (it stays in this tab's sessionStorage)
+    if (error.status === 401) window.addEventListener("spikeserve:token", () => location.reload());
   }
   document.body.dataset.ready = "true"; // tests wait for this
   performance.mark("console-ready"); // bench/console.py times the load up to here

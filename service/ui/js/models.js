@@ -33,6 +33,7 @@ export function initModels(models) {
     event.preventDefault();
     if (input.value.trim()) adminToken.set(input.value.trim());
     input.value = "";
+    window.dispatchEvent(new Event("spikeserve:token"));
     refresh();
   });
   document.getElementById("token-forget").addEventListener("click", () => {
