@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from registry import Registry
 from service.auth import announce_generated_token, make_credentials
+from service.decoding.slots import DecodeSlots
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.metrics import RequestMetricsMiddleware, set_queue_limit
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         registry=registry,
         credentials=make_credentials(settings.admin_token, settings.api_keys),
         resolver=RefResolver(registry),
+        decode_slots=DecodeSlots(settings.max_concurrent_large_decodes),
     )
 
     @contextlib.asynccontextmanager

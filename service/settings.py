@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     # limits on input (checked before the expensive work)
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 16 * 1024 * 1024
+    max_decoded_bytes: int = 128 * 1024 * 1024  # one image as float32 [C, H, W], read from its header
+    max_concurrent_large_decodes: int = Field(default=2, ge=1)  # images over 16 MiB decoded at once
+    max_images_per_request: int = Field(default=64, ge=1)  # the batch of one v2 infer request
     max_events: int = 5_000_000
     request_timeout_s: float = 30.0
     # slow and idle clients (each limit answers as docs/DEPLOY.md's table of limits says)

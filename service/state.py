@@ -12,6 +12,7 @@ from fastapi import Request
 
 from registry import Registry
 from service.auth import Credentials
+from service.decoding.slots import DecodeSlots
 from service.resolve import RefResolver
 from service.settings import Settings
 from workers.pool import WorkerPool
@@ -24,6 +25,7 @@ class ServiceState:
     registry: Registry
     credentials: Credentials
     resolver: RefResolver
+    decode_slots: DecodeSlots
     startup_error: str | None = None  # why the pool failed to start, for /readyz
 
     def is_ready(self) -> bool:

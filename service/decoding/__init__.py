@@ -7,6 +7,6 @@ anything that becomes a 500.
 """
 
 from service.decoding.events import DecodedEvents, decode_events, fit_to_sensor
-from service.decoding.images import DecodedImage, decode_image
+from service.decoding.images import DecodedImage, decode_image, decoded_bytes
 
-__all__ = ["DecodedEvents", "DecodedImage", "decode_events", "decode_image", "fit_to_sensor"]
+__all__ = ["DecodedEvents", "DecodedImage", "decode_events", "decode_image", "decoded_bytes", "fit_to_sensor"]

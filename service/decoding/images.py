@@ -1,9 +1,10 @@
 """Images at the gateway: PNG, JPEG or ``.npy`` bytes -> [C, H, W] float32 in [0, 1] at the model's size.
 
-torch-free. The pixel count is checked from the header, before any pixel is decoded (PNG and
-JPEG through Pillow's lazy ``Image.open``; ``.npy`` through its header), so a decompression bomb
-costs a header read. Errors are typed (service/decoding/errors.py, workers.errors): 400 undecodable,
-413 too many pixels, 415 unsupported type, 422 unusable (size, channels, values).
+torch-free. The pixel count and the decoded size (``decoded_bytes``: the image as float32) are
+checked from the header, before any pixel is decoded (PNG and JPEG through Pillow's lazy
+``Image.open``; ``.npy`` through its header), so a decompression bomb costs a header read.
+Errors are typed (service/decoding/errors.py, workers.errors): 400 undecodable, 413 too many
+pixels or decoded bytes, 415 unsupported type, 422 unusable (size, channels, values).
 """
 
 from __future__ import annotations
@@ -51,15 +52,43 @@ class DecodedImage:
     warnings: list[str] = field(default_factory=list)
 
 
-def decode_image(data: bytes, content_type: str | None, spec: ImageInput, max_pixels: int) -> DecodedImage:
+def decoded_bytes(data: bytes, content_type: str | None) -> int:
+    """Bytes the image takes decoded, as float32 [C, H, W], read from its header (0 if unreadable:
+    ``decode_image`` then says what is wrong with it)."""
+    try:
+        kind = _kind(data, content_type)
+        if kind == "NPY":
+            _, shape, _, _ = read_header(data)
+            return 4 * int(np.prod(shape)) if len(shape) in (2, 3) else 0
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as image:
+            return 4 * image.width * image.height * len(image.getbands())
+    except Exception:  # anything unreadable is decode_image's to report
+        return 0
+
+
+def decode_image(
+    data: bytes,
+    content_type: str | None,
+    spec: ImageInput,
+    max_pixels: int,
+    max_decoded_bytes: int | None = None,
+) -> DecodedImage:
     """Decode one uploaded image for a model whose input is ``spec``.
 
     Grayscale/RGB are converted to the model's channels and other sizes resized (with a warning)
-    when ``spec.resize``; otherwise a 422 states both sizes.
+    when ``spec.resize``; otherwise a 422 states both sizes. An image over ``max_pixels`` pixels,
+    or over ``max_decoded_bytes`` once decoded to float32, is refused (413) from its header.
     """
     if not data:
         raise UndecodableInputError("the image is empty: the body holds no bytes")
     kind = _kind(data, content_type)
+    if max_decoded_bytes is not None:
+        needed = decoded_bytes(data, content_type)
+        if needed > max_decoded_bytes:
+            raise PayloadTooLargeError(
+                f"the image takes {needed:,} bytes decoded (float32, every channel), over the limit of "
+                f"{max_decoded_bytes:,} (SPIKESERVE_MAX_DECODED_BYTES); send it smaller or in fewer channels"
+            )
     notes: list[str] = []
     array = _decode_npy(data, max_pixels) if kind == "NPY" else _decode_picture(data, kind, max_pixels, notes)
     array = _to_channels(array, spec.channels, notes)
@@ -115,7 +144,8 @@ def _decode_picture(data: bytes, kind: str, max_pixels: int, notes: list[str]) -
                 f"dropped the transparency of the {image.mode} image (transparent pixels keep their colour)"
             )
         picture = picture.convert("L" if image.mode in ("1", "LA", "La") else "RGB")
-    array = np.asarray(picture, dtype=np.float32) / 255.0
+    array = np.asarray(picture, dtype=np.float32)
+    array /= 255.0  # in place: a second float copy of a large image is its biggest allocation
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from registry.manifest import EventInput, ImageInput
 from service import inference
 from service.auth import require_api_key
-from service.decoding import decode_events, decode_image, fit_to_sensor
+from service.decoding import decode_events, decode_image, decoded_bytes, fit_to_sensor
 from service.schemas import ClassifyAnswer, ErrorAnswer, TelemetryQuery
 from service.state import get_state
 from service.uploads import read_upload
@@ -49,8 +49,17 @@ async def classify(
     options = check_options(manifest, "image", time_steps, top_k, telemetry, f"POST /v1/models/{ref}/events")
     assert isinstance(manifest.input, ImageInput)  # check_options made sure
     data, content_type = await read_upload(request)
-    decode = partial(decode_image, data, content_type, manifest.input, state.settings.max_image_pixels)
-    decoded = await anyio.to_thread.run_sync(decode)
+    settings = state.settings
+    decode = partial(
+        decode_image,
+        data,
+        content_type,
+        manifest.input,
+        settings.max_image_pixels,
+        settings.max_decoded_bytes,
+    )
+    async with state.decode_slots.slot(decoded_bytes(data, content_type), settings.request_timeout_s):
+        decoded = await anyio.to_thread.run_sync(decode)
     label = inference.client_label(request)
     result = await inference.run(state, manifest, decoded.array, options, label)
     return JSONResponse(

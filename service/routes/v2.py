@@ -15,6 +15,7 @@ Model versions are strings in this protocol; ``{name}`` alone resolves like ``/v
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -29,12 +30,14 @@ from registry.errors import ModelNotFoundError
 from registry.manifest import ImageInput, Manifest
 from service import inference
 from service.auth import require_api_key
+from service.decoding.errors import PayloadTooLargeError
 from service.errors import BadRequestError
 from service.metrics import label_model
 from service.schemas import V2InferRequest
 from service.state import ServiceState, get_state
 from workers.errors import InvalidInputError
 from workers.options import check_options
+from workers.protocol import InferenceResult
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 # with API keys configured, what a model is (and whether it exists) is for key holders only, as
@@ -167,13 +170,11 @@ async def _infer(request: Request, name: str, version: str | None) -> dict[str, 
         len(manifest.labels) or 1,
         _telemetry(parameters),
     )
-    images = await anyio.to_thread.run_sync(_images, payload, manifest)
+    images = await anyio.to_thread.run_sync(_images, payload, manifest, state.settings.max_images_per_request)
     # the protocol echoes the request's ``id``; it is a label, like X-Request-ID: each image is its
     # own request under its own server-minted id, and the batcher puts them back together
     label = payload.id or inference.client_label(request)
-    results = await asyncio.gather(
-        *(inference.run(state, manifest, image, options, label) for image in images)
-    )
+    results = await _run_all([inference.run(state, manifest, image, options, label) for image in images])
     answer: dict[str, Any] = {
         "model_name": manifest.name,
         "model_version": str(manifest.version),
@@ -192,6 +193,19 @@ async def _infer(request: Request, name: str, version: str | None) -> dict[str, 
         out_parameters["telemetry"] = [result.telemetry for result in results]
     answer["parameters"] = out_parameters
     return answer
+
+
+async def _run_all(runs: list[Coroutine[Any, Any, InferenceResult]]) -> list[InferenceResult]:
+    """Every image's result, or the first error: then the others are cancelled, which takes them
+    out of the queue (a refused or timed-out request's images are never computed)."""
+    tasks = [asyncio.ensure_future(run) for run in runs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -216,8 +230,9 @@ def _telemetry(parameters: dict[str, Any]) -> str:
     return str(level)
 
 
-def _images(payload: V2InferRequest, manifest: Manifest) -> list[np.ndarray]:
-    """The request's ``input`` tensor as B images [C, H, W] float32, checked against the model."""
+def _images(payload: V2InferRequest, manifest: Manifest, max_images: int) -> list[np.ndarray]:
+    """The request's ``input`` tensor as B images [C, H, W] float32, checked against the model
+    (B at most ``max_images``)."""
     tensors = {tensor.name: tensor for tensor in payload.inputs}
     if INPUT_NAME not in tensors:
         given = ", ".join(sorted(tensors)) or "none"
@@ -236,6 +251,11 @@ def _images(payload: V2InferRequest, manifest: Manifest) -> list[np.ndarray]:
         raise InvalidInputError(
             f"input '{INPUT_NAME}' has shape {list(tensor.shape)}; {manifest.name} takes "
             f"[{dims}] or [B, {dims}] (C, H, W), values in [0, 1]"
+        )
+    if shape[0] > max_images:
+        raise PayloadTooLargeError(
+            f"input '{INPUT_NAME}' holds {shape[0]} images, over the limit of {max_images} a request "
+            "(SPIKESERVE_MAX_IMAGES_PER_REQUEST); send them in several requests"
         )
     try:
         flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)

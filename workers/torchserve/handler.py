@@ -157,7 +157,9 @@ class SpikeserveHandler:
         content_type = fields.content_type()
         settings = self.settings
         if manifest.input.kind == "image":
-            decoded = decode_image(data, content_type, manifest.input, settings.max_image_pixels)
+            decoded = decode_image(
+                data, content_type, manifest.input, settings.max_image_pixels, settings.max_decoded_bytes
+            )
             array, warnings = decoded.array, list(decoded.warnings)
         else:
             events = decode_events(data, content_type, fields.text("format"), settings.max_events)

@@ -248,3 +248,68 @@ def test_an_aedat4_frame_packet_on_the_event_stream_is_a_400(
     status, code, message = error_of(client.post(EVENTS, content=bytes(data)))
     assert (status, code) == (400, "undecodable_input") and "FRME" in message
     assert not pool.submitted
+
+
+def _big_png(width: int, height: int, mode: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")  # one colour: a few kB of PNG
+    return buffer.getvalue()
+
+
+def test_an_image_too_large_once_decoded_is_refused_from_its_header(
+    static_app: tuple[TestClient, StaticPool],
+) -> None:
+    """4096x4096 RGBA is within the pixel limit, but 256 MiB as float32 (it took 520 MB to decode)."""
+    client, pool = static_app
+    data = _big_png(4096, 4096, "RGBA")
+    assert len(data) < 1_000_000
+    status, code, message = error_of(
+        client.post(CLASSIFY, content=data, headers={"content-type": "image/png"})
+    )
+    assert (status, code) == (413, "payload_too_large") and "SPIKESERVE_MAX_DECODED_BYTES" in message
+    assert not pool.submitted
+
+
+def test_large_images_are_decoded_a_few_at_a_time(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import service.routes.inference as routes
+
+    running, most = 0, 0
+    lock = threading.Lock()
+    real_decode = routes.decode_image
+
+    def counted_decode(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.2)  # long enough for every request to be in flight at once
+            return real_decode(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(routes, "decode_image", counted_decode)
+    settings = Settings(registry=tiny_root, max_concurrent_large_decodes=2)
+    large = _big_png(2048, 2048, "RGB")  # 48 MiB as float32: a large decode
+    with make_client(settings, pool=StaticPool()) as client:
+
+        def classify(body: bytes) -> int:
+            return client.post(CLASSIFY, content=body, headers={"content-type": "image/png"}).status_code
+
+        with ThreadPoolExecutor(8) as threads:
+            assert list(threads.map(classify, [large] * 8)) == [200] * 8
+        assert most == 2
+        most = 0
+        small = png_bytes(np.zeros((28, 28), np.uint8))
+        with ThreadPoolExecutor(8) as threads:
+            assert list(threads.map(classify, [small] * 8)) == [200] * 8
+        assert most > 2  # small images are not held back

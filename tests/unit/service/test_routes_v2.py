@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_support import npy_bytes
+from service_support import ADMIN, StaticPool, make_client, npy_bytes, wait_ready
+
+from service.settings import Settings
 
 NPY = {"content-type": "application/x-npy"}
 
@@ -128,3 +132,47 @@ def test_versions_are_ascii_digits_only(static_app: tuple[TestClient, Any], vers
     )
     assert infer.status_code == 404 and not pool.submitted
     assert client.get("/v2/models/tiny-danet/versions/1").status_code == 200
+
+
+def test_images_past_the_cap_are_refused_before_any_is_queued(tiny_root: Path) -> None:
+    pool = StaticPool()
+    with make_client(
+        Settings(registry=tiny_root, admin_token=ADMIN, max_images_per_request=4), pool=pool
+    ) as client:
+        refused = client.post("/v2/models/tiny-danet/infer", json={"inputs": [tensor([5, 1, 28, 28])]})
+        assert refused.status_code == 413 and "limit of 4" in refused.json()["error"], refused.text
+        assert not pool.submitted
+        assert (
+            client.post("/v2/models/tiny-danet/infer", json={"inputs": [tensor([4, 1, 28, 28])]}).status_code
+            == 200
+        )
+
+
+def _images_computed(client: TestClient, model: str = "tiny-danet") -> float:
+    """How many requests the worker has run for ``model``: the sum of its batch sizes on /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'spikeserve_batch_size_sum{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_refused_request_has_none_of_its_images_computed(tiny_root: Path) -> None:
+    """The queue takes 8; the 9th image of 20 is refused (503), and the 8 queued before it leave the queue."""
+    settings = Settings(
+        registry=tiny_root,
+        admin_token=ADMIN,
+        neuron_backend="torch",
+        max_queue_size=8,
+        max_delay_ms=300.0,  # nothing runs before the refusal is known
+        max_images_per_request=100,
+    )
+    with make_client(settings) as client:
+        wait_ready(client)
+        before = _images_computed(client)
+        refused = client.post("/v2/models/tiny-danet/infer", json={"inputs": [tensor([20, 1, 28, 28])]})
+        assert refused.status_code == 503, refused.text
+        time.sleep(1.0)  # well past max_delay_ms: whatever stayed queued has run by now
+        assert _images_computed(client) == before
+        answered = client.post("/v2/models/tiny-danet/infer", json={"inputs": [tensor([2, 1, 28, 28])]})
+        assert answered.status_code == 200
+        assert _images_computed(client) == before + 2
