@@ -103,7 +103,7 @@ class V2Tensor(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # None when the tensor's bytes follow the JSON (binary_data_size)
 
 
 class V2RequestOutput(BaseModel):

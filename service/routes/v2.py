@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from registry.errors import ModelNotFoundError
 from registry.manifest import ImageInput, Manifest
-from service import inference
+from service import inference, v2_binary
 from service.auth import require_api_key
 from service.decoding.errors import PayloadTooLargeError
 from service.errors import BadRequestError
@@ -71,7 +71,7 @@ def _resolve_for_inference(request: Request, state: ServiceState, name: str, ver
 
 @router.get("/v2", name="v2_server_metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "spikeserve", "version": SERVER_VERSION, "extensions": []}
+    return {"name": "spikeserve", "version": SERVER_VERSION, "extensions": [v2_binary.EXTENSION]}
 
 
 @router.get("/v2/health/live", name="v2_live")
@@ -144,24 +144,28 @@ async def model_version_ready(request: Request, name: str, version: str) -> Resp
 
 
 @infer_router.post("/v2/models/{name}/infer", name="v2_infer")
-async def infer(request: Request, name: str) -> JSONResponse:
-    return JSONResponse(await _infer(request, name, None))
+async def infer(request: Request, name: str) -> Response:
+    return await _infer(request, name, None)
 
 
 @infer_router.post("/v2/models/{name}/versions/{version}/infer", name="v2_version_infer")
-async def infer_version(request: Request, name: str, version: str) -> JSONResponse:
-    return JSONResponse(await _infer(request, name, version))
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    return await _infer(request, name, version)
 
 
-async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
+async def _infer(request: Request, name: str, version: str | None) -> Response:
     state = get_state(request)
     manifest = _resolve_for_inference(request, state, name, version)
     check_options(manifest, "image", None, 1, "none", f"POST /v1/models/{manifest.name}/events")
-    body = await request.body()
+    header, binary = v2_binary.split_body(await request.body(), request.headers.get(v2_binary.HEADER_LENGTH))
     try:
-        payload = await anyio.to_thread.run_sync(V2InferRequest.model_validate_json, body)
+        payload = await anyio.to_thread.run_sync(V2InferRequest.model_validate_json, header)
     except ValidationError as exc:
         raise BadRequestError(f"not a valid inference request: {_first_error(exc)}") from None
+    raw_inputs = v2_binary.binary_inputs(payload, binary)
+    unknown = [output.name for output in payload.outputs or () if output.name != OUTPUT_NAME]
+    if unknown:
+        raise InvalidInputError(f"{manifest.name} has one output, '{OUTPUT_NAME}'; asked for {unknown}")
     parameters = payload.parameters or {}
     options = check_options(
         manifest,
@@ -170,7 +174,9 @@ async def _infer(request: Request, name: str, version: str | None) -> dict[str, 
         len(manifest.labels) or 1,
         _telemetry(parameters),
     )
-    images = await anyio.to_thread.run_sync(_images, payload, manifest, state.settings.max_images_per_request)
+    images = await anyio.to_thread.run_sync(
+        _images, payload, raw_inputs, manifest, state.settings.max_images_per_request
+    )
     # the protocol echoes the request's ``id``; it is a label, like X-Request-ID: each image is its
     # own request under its own server-minted id, and the batcher puts them back together
     label = payload.id or inference.client_label(request)
@@ -192,7 +198,8 @@ async def _infer(request: Request, name: str, version: str | None) -> dict[str, 
     if options.telemetry != "none":
         out_parameters["telemetry"] = [result.telemetry for result in results]
     answer["parameters"] = out_parameters
-    return answer
+    binary_outputs = {OUTPUT_NAME} if v2_binary.wants_binary_output(payload, OUTPUT_NAME) else set()
+    return v2_binary.answer_response(answer, binary_outputs)
 
 
 async def _run_all(runs: list[Coroutine[Any, Any, InferenceResult]]) -> list[InferenceResult]:
@@ -230,9 +237,11 @@ def _telemetry(parameters: dict[str, Any]) -> str:
     return str(level)
 
 
-def _images(payload: V2InferRequest, manifest: Manifest, max_images: int) -> list[np.ndarray]:
-    """The request's ``input`` tensor as B images [C, H, W] float32, checked against the model
-    (B at most ``max_images``)."""
+def _images(
+    payload: V2InferRequest, raw_inputs: dict[str, memoryview], manifest: Manifest, max_images: int
+) -> list[np.ndarray]:
+    """The request's ``input`` tensor (JSON ``data``, or its bytes in ``raw_inputs``) as B images
+    [C, H, W] float32, checked against the model (B at most ``max_images``)."""
     tensors = {tensor.name: tensor for tensor in payload.inputs}
     if INPUT_NAME not in tensors:
         given = ", ".join(sorted(tensors)) or "none"
@@ -258,7 +267,10 @@ def _images(payload: V2InferRequest, manifest: Manifest, max_images: int) -> lis
             "(SPIKESERVE_MAX_IMAGES_PER_REQUEST); send them in several requests"
         )
     try:
-        flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        if INPUT_NAME in raw_inputs:
+            flat = v2_binary.fp32_values(raw_inputs[INPUT_NAME], INPUT_NAME)
+        else:
+            flat = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
     except OverflowError:  # a JSON integer such as 10**400 has no float32 (nor float64) value
         raise InvalidInputError(f"input '{INPUT_NAME}' holds a number too large for FP32") from None
     except (TypeError, ValueError) as exc:
