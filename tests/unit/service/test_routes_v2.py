@@ -24,7 +24,11 @@ def tensor(shape: list[int], data: Any = None, name: str = "input", datatype: st
 
 def test_server_metadata_and_health(serving: TestClient) -> None:
     meta = serving.get("/v2").json()
-    assert meta["name"] == "spikeserve" and isinstance(meta["version"], str) and meta["extensions"] == ["binary_tensor_data"]
+    assert (
+        meta["name"] == "spikeserve"
+        and isinstance(meta["version"], str)
+        and meta["extensions"] == ["binary_tensor_data"]
+    )
     assert serving.get("/v2/health/live").status_code == 200
     assert serving.get("/v2/health/ready").status_code == 200
 
