@@ -24,8 +24,10 @@ setup: $(STAMP)
 
 # System packages the tests need: TorchServe's frontend runs on Java 17; the console's browser tests
 # drive Debian's chromium through its WebDriver. Prometheus needs no install: the tests unpack
-# Debian's package into a cache (tests/prometheus_support.py).
+# Debian's package into a cache (tests/prometheus_support.py). The inductor neuron backend compiles
+# C++ with g++ (tests/e2e/test_new_time_steps.py serves through it).
 system-deps:
+	command -v g++ >/dev/null || (apt-get update -q && apt-get install -y -q -o DPkg::Lock::Timeout=600 g++)
 	command -v java >/dev/null || (apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless)
 	(test -x /usr/bin/chromium && test -x /usr/bin/chromedriver) || \
 		(apt-get update -q && apt-get install -y -q -o DPkg::Lock::Timeout=600 chromium chromium-driver)
