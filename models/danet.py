@@ -35,8 +35,9 @@ Connections (``connection=``), the same skeleton for ResNets and VGGs so that th
 - ``membrane``: MS-ResNet, pre-activation ``BN -> LIF -> Conv`` blocks, real values added.
 - ``dense_additive`` (default): DA as above.
 
-Layers fed by real values (the stem conv, shortcut projections of ``membrane`` and DA) are built
-with ``analog_input=True`` so that telemetry counts their MACs as MACs. Tensors are ``[T, B, ...]``
+Layers fed by real values (shortcut projections of ``membrane`` and DA, the classifier after average
+pooling) are built with ``analog_input=True`` so that telemetry counts their MACs as MACs; the stem
+conv looks at its input (an image is real values, binned event frames are events). Tensors are ``[T, B, ...]``
 throughout; every step-wise op folds T into the batch, so nothing here loops over time.
 """
 
@@ -245,7 +246,9 @@ class DANet(SpikingModel):
         self.in_channels = in_channels
         imagenet = stem == "imagenet"
         kernel, stride = (7, 2) if imagenet else (3, 1)
-        conv = SeqConv2d(in_channels, stem_width, kernel, stride, kernel // 2, bias=False, analog_input=True)
+        conv = SeqConv2d(
+            in_channels, stem_width, kernel, stride, kernel // 2, bias=False, analog_input="auto"
+        )
         layers: list[nn.Module] = [conv, SeqBatchNorm2d(stem_width)]
         if connection not in _REAL_PATH:
             layers.append(spiking_neuron())
@@ -261,7 +264,7 @@ class DANet(SpikingModel):
             head.append(spiking_neuron())
         self.head_neuron = nn.Sequential(*head)
         self.pool = SeqToANN(nn.AdaptiveAvgPool2d(1))
-        self.fc = SeqLinear(features, num_classes)
+        self.fc = SeqLinear(features, num_classes, analog_input=True)
         self._init_weights(zero_init_residual)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
@@ -277,8 +280,12 @@ class DANet(SpikingModel):
         if x.dim() != 5 or x.shape[2] != self.in_channels:
             raise ValueError(f"DANet expects [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
         x = self.stages(self.stem(x))
-        x = self.pool(self.head_neuron(x)).flatten(2)  # [T, B, C]
-        return self.fc(x).mean(0)
+        x = self.head_neuron(x)
+        # Average-pooled spikes are fractions, real values the classifier does MACs on; only a 1x1
+        # final map passes the spikes (or SEW sums) through as they are, as events.
+        pooled_is_real = x.shape[-2] * x.shape[-1] != 1
+        x = self.pool(x).flatten(2)  # [T, B, C]
+        return self.fc(x, analog_input=pooled_is_real).mean(0)
 
 
 # --- plans: which convolutions each architecture has --------------------------------------------

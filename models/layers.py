@@ -1,19 +1,24 @@
 """Time-distributed layers over ``[T, B, ...]``: the step-wise ops fold T into the batch.
 
 ``SeqConv2d`` and ``SeqLinear`` are the synaptic layers: when telemetry is on they report their
-MACs and, when fed by spikes, the share of active inputs (for SOPs). Set ``analog_input=True`` on
-a layer fed by real values (the encoding layer, projections after a LayerNorm): its MACs then
-count as MACs, not as synaptic operations.
+MACs and, when fed by events, their synaptic operations (exact and nominal: models/synaptic_ops.py).
+Set ``analog_input=True`` on a layer fed by real values (projections after a LayerNorm, a classifier
+after average pooling): its MACs then count as MACs, not as synaptic operations. The encoding layer
+takes ``analog_input="auto"``: a direct-encoded image is real values, but binned event frames are
+event counts, so it looks at what it is fed (non-negative integers are events).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
 from models import telemetry
+from models.synaptic_ops import conv_synaptic_ops, linear_synaptic_ops
+
+InputKind = bool | Literal["auto"]  # the ``analog_input`` of a synaptic layer
 
 
 def fold_time(x: torch.Tensor) -> torch.Tensor:
@@ -26,10 +31,17 @@ def unfold_time(y: torch.Tensor, steps: int) -> torch.Tensor:
     return y.unflatten(0, (steps, y.shape[0] // steps))
 
 
+def fed_by_real_values(analog_input: InputKind, x: torch.Tensor) -> bool:
+    """Whether a synaptic layer's input x counts as real values (MACs) rather than events (SOPs)."""
+    if analog_input == "auto":
+        return not torch.equal(x, x.trunc().abs())  # events are non-negative integer counts
+    return bool(analog_input)
+
+
 class SeqConv2d(nn.Conv2d):
     """Conv2d applied at every step. x: [T, B, C_in, H, W] -> [T, B, C_out, H', W']."""
 
-    def __init__(self, *args: Any, analog_input: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, analog_input: InputKind = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.analog_input = analog_input
 
@@ -40,27 +52,36 @@ class SeqConv2d(nn.Conv2d):
         if recorder is not None:
             kernel_macs = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
             macs_per_step = kernel_macs * y[0, 0].numel()
-            fraction = None if self.analog_input else recorder.input_activity(x)
-            recorder.record_synapse(self, macs_per_step, steps, fraction)
+            sops = None
+            if not fed_by_real_values(self.analog_input, x):
+                events = recorder.input_events(x)
+                sops = conv_synaptic_ops(self, x, events, (y.shape[-2], y.shape[-1]))
+            recorder.record_synapse(self, macs_per_step, steps, sops)
         return y
 
 
 class SeqLinear(nn.Linear):
     """Linear on the last axis. x: [T, B, ..., in] -> [T, B, ..., out]."""
 
-    def __init__(self, *args: Any, analog_input: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, analog_input: InputKind = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.analog_input = analog_input
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, analog_input: InputKind | None = None) -> torch.Tensor:  # type: ignore[override]
+        """``analog_input`` overrides the layer's own setting for this call (see DANet's classifier)."""
         y = super().forward(x)
         recorder = telemetry.current_recorder()
         if recorder is not None:
             steps, batch = x.shape[0], x.shape[1]
             rows_per_step = x.numel() // (steps * batch * self.in_features)
             macs_per_step = rows_per_step * self.in_features * self.out_features
-            fraction = None if self.analog_input else recorder.input_activity(x)
-            recorder.record_synapse(self, macs_per_step, steps, fraction)
+            kind = self.analog_input if analog_input is None else analog_input
+            sops = (
+                None
+                if fed_by_real_values(kind, x)
+                else linear_synaptic_ops(self, x, recorder.input_events(x))
+            )
+            recorder.record_synapse(self, macs_per_step, steps, sops)
         return y
 
 

@@ -38,6 +38,7 @@ from models.base import reset_state, set_backend, spiking_layers
 from models.kernels.lif import eager_neurons, resolve_backend
 from models.layers import SeqBatchNorm1d, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import MultiStepNeuron
+from models.synaptic_ops import SynapticOps
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _LEAVES = (MultiStepNeuron, SeqConv2d, SeqLinear, SeqBatchNorm2d, SeqBatchNorm1d, SeqToANN)
@@ -165,9 +166,9 @@ class _Tape(telemetry.TelemetryRecorder):
         self.calls.append(("spikes", module, (spikes_per_sample, neurons, time_steps)))
 
     def record_synapse(
-        self, module: nn.Module, macs_per_step: int, time_steps: int, active_fraction: torch.Tensor | None
+        self, module: nn.Module, macs_per_step: int, time_steps: int, synaptic_ops: SynapticOps | None
     ) -> None:
-        self.calls.append(("synapse", module, (macs_per_step, time_steps, active_fraction)))
+        self.calls.append(("synapse", module, (macs_per_step, time_steps, synaptic_ops)))
 
 
 def _replay_tape(tape: list[tuple[str, nn.Module, tuple[Any, ...]]], recorder: Any, batch: int) -> None:
@@ -176,9 +177,9 @@ def _replay_tape(tape: list[tuple[str, nn.Module, tuple[Any, ...]]], recorder: A
             spikes, neurons, time_steps = args
             recorder.record_spikes(module, spikes[:batch].clone(), neurons, time_steps)
         else:
-            macs, time_steps, fraction = args
+            macs, time_steps, synaptic_ops = args
             recorder.record_synapse(
-                module, macs, time_steps, None if fraction is None else fraction[:batch].clone()
+                module, macs, time_steps, None if synaptic_ops is None else synaptic_ops.first(batch)
             )
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import telemetry
-from models.layers import SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
+from models.layers import InputKind, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import NeuronFactory
 
 LAYER_NORM_EPS = 1e-6
@@ -66,7 +66,7 @@ class ConvBNNeuron(nn.Sequential):
         kernel_size: int,
         stride: int,
         spiking_neuron: NeuronFactory,
-        analog_input: bool,
+        analog_input: InputKind,
     ) -> None:
         super().__init__(
             SeqConv2d(
@@ -102,7 +102,7 @@ class SEWBlock(nn.Module):
         kernel_size: int,
         stride: int,
         spiking_neuron: NeuronFactory,
-        analog_input: bool = False,
+        analog_input: InputKind = False,
         analog_neurons: bool = False,
     ) -> None:
         super().__init__()
@@ -127,7 +127,7 @@ class SEWBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             # Average-pooled spikes are fractions, so the 1x1 conv after a real pool sees real values.
-            pooled_is_analog = analog_input or analog_neurons or stride != 1
+            pooled_is_analog: InputKind = True if analog_neurons or stride != 1 else analog_input
             self.shortcut = nn.Sequential(
                 SeqToANN(nn.AvgPool2d(kernel_size=stride, stride=stride, ceil_mode=True)),
                 ConvBNNeuron(
@@ -179,7 +179,8 @@ class ConvTokenizer(nn.Module):
                     kernel_size=kernel_size,
                     stride=self.strides[i],
                     spiking_neuron=spiking_neuron,
-                    analog_input=i == 0,  # the first block reads the encoded input itself
+                    # the first block reads the encoded input itself: an image, or event counts
+                    analog_input="auto" if i == 0 else False,
                     analog_neurons=analog_neurons,
                 )
                 for i in range(len(self.strides))
@@ -322,4 +323,7 @@ class AttentionPoolHead(nn.Module):
         weights = torch.softmax(self.score(z).squeeze(-1).transpose(0, 1).flatten(1), dim=1)  # [B, T*N]
         weights = weights.unflatten(1, (x.shape[0], x.shape[2]))  # [B, T, N]
         pooled = torch.einsum("btn,tbnd->bd", weights, z)
+        recorder = telemetry.current_recorder()
+        if recorder is not None:  # the pooling product: T*N weights times d channels, real values
+            recorder.record_synapse(self, x.shape[0] * x.shape[2] * x.shape[3], 1, None)
         return self.classifier(pooled.unsqueeze(0)).squeeze(0)  # one "step": the head runs once

@@ -7,11 +7,16 @@ tensor it just produced, the input it is about to convolve): no second pass over
 network and no hook that copies activations. Reductions stay on the device until
 ``report()`` moves them to the host in one go.
 
-Conventions, as SNN papers report them (45 nm figures, Horowitz 2014):
-- spike rate of a layer = spikes / (neurons x T)
-- synaptic operations (SOPs) of a layer = rate of its incoming spikes x T x its MACs per step
-- energy = E_MAC x MACs of layers fed by real values (the encoding layer, and in Spikeformer the
-  projections fed by LayerNorm) + E_AC x SOPs
+What is counted (docs/MODELS.md has the rule per layer kind):
+- spike rate of a layer = spikes / (neurons x T);
+- a synaptic layer fed by events does synaptic operations (SOPs), each costing one accumulate.
+  ``synaptic_ops`` is exact (every event times the outputs it really reaches: models/synaptic_ops.py);
+  ``synaptic_ops_nominal`` is the papers' convention (event rate x T x MACs), kept for comparison;
+- a synaptic layer fed by real values (the encoding layer, projections after a LayerNorm, a
+  classifier after average pooling, LIAF outputs, attention products) does MACs;
+- energy = E_MAC x MACs + E_AC x exact SOPs, with 45 nm figures (Horowitz, ISSCC 2014): 4.6 pJ a
+  32-bit float MAC, 0.9 pJ an accumulate; ``ann_energy_uj`` is the same network run as an ANN
+  (every layer's MACs at E_MAC), the figure SNN papers compare against.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from models.synaptic_ops import SynapticOps
+
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
+# The keys of ``SampleTelemetry.as_dict`` that only ``telemetry=layers`` answers carry.
+PER_LAYER_KEYS = ("layers", "synaptic_layers")
 
 _ACTIVE: ContextVar[TelemetryRecorder | None] = ContextVar("spikeserve_telemetry", default=None)
 # How many ``record`` blocks are open, in any thread. While none is, ``current_recorder`` answers
@@ -49,7 +58,8 @@ class _SpikeTally:
 class _SynapseTally:
     analog_input: bool
     macs: int = 0  # per sample, summed over time steps
-    active_macs: torch.Tensor | None = None  # [B] float64: MACs weighted by input activity
+    synaptic_ops: torch.Tensor | None = None  # [B] float64, exact
+    synaptic_ops_nominal: torch.Tensor | None = None  # [B] float64, rate x T x MACs
 
 
 @dataclass(frozen=True)
@@ -71,26 +81,66 @@ class LayerTelemetry:
 
 
 @dataclass(frozen=True)
+class SynapticLayerTelemetry:
+    """One synaptic layer's (conv, linear, attention product) work for one sample.
+
+    ``input`` is "events" (spike-driven: its energy is E_AC x exact SOPs) or "real" (its MACs are
+    charged at E_MAC, and it does no SOPs). ``macs`` is the layer's dense MAC count either way.
+    """
+
+    name: str
+    input: str
+    macs: float
+    synaptic_ops: float
+    synaptic_ops_nominal: float
+    energy_uj: float
+    energy_share: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "input": self.input,
+            "macs": self.macs,
+            "synaptic_ops": self.synaptic_ops,
+            "synaptic_ops_nominal": self.synaptic_ops_nominal,
+            "energy_uj": self.energy_uj,
+            "energy_share": self.energy_share,
+        }
+
+
+@dataclass(frozen=True)
 class SampleTelemetry:
-    """A whole network's activity for one sample (one request)."""
+    """A whole network's activity for one sample (one request).
+
+    ``macs`` counts the MACs done on real values (charged at E_MAC); ``dense_macs`` every layer's
+    MACs, as an ANN of the same shape would run them (``ann_energy_uj`` = E_MAC x dense_macs).
+    """
 
     spike_rate: float
     spikes: int
     synaptic_ops: float
+    synaptic_ops_nominal: float
     macs: float
+    dense_macs: float
     energy_uj: float
+    ann_energy_uj: float
     layers: tuple[LayerTelemetry, ...] = field(default_factory=tuple)
+    synaptic_layers: tuple[SynapticLayerTelemetry, ...] = field(default_factory=tuple)
 
     def as_dict(self, with_layers: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
             "spike_rate": self.spike_rate,
             "spikes": self.spikes,
             "synaptic_ops": self.synaptic_ops,
+            "synaptic_ops_nominal": self.synaptic_ops_nominal,
             "macs": self.macs,
+            "dense_macs": self.dense_macs,
             "energy_uj": self.energy_uj,
+            "ann_energy_uj": self.ann_energy_uj,
         }
         if with_layers:
             out["layers"] = [layer.as_dict() for layer in self.layers]
+            out["synaptic_layers"] = [layer.as_dict() for layer in self.synaptic_layers]
         return out
 
 
@@ -125,33 +175,34 @@ class TelemetryRecorder:
         """
         self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
 
-    def input_activity(self, x: torch.Tensor) -> torch.Tensor:
-        """Spikes per input position, per sample, for a synaptic layer's input x: [T, B, ...] -> [B]."""
+    def input_events(self, x: torch.Tensor) -> torch.Tensor:
+        """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] float32."""
         last = getattr(self, "_last_spikes", None)
         if last is not None and last[0]() is x:
-            per_sample = x.numel() // x.shape[1] if x.shape[1] else 1
-            return last[1].to(torch.float32) / per_sample
-        return active_fraction(x)
+            return last[1].to(torch.float32)
+        return event_count(x)
 
     def record_synapse(
         self,
         module: nn.Module,
         macs_per_step: int,
         time_steps: int,
-        active_fraction: torch.Tensor | None,
+        synaptic_ops: SynapticOps | None,
     ) -> None:
-        """A synaptic layer (conv/linear) ran ``macs_per_step`` MACs per sample per step.
+        """A synaptic layer (conv/linear/attention) ran ``macs_per_step`` MACs per sample per step.
 
-        ``active_fraction`` ([B] float): the share of non-zero inputs, per sample, for a layer fed
-        by spikes; ``None`` for a layer fed by real values, whose MACs all count as MACs.
+        ``synaptic_ops`` (each [B]): the exact and nominal SOPs of a layer fed by events; ``None``
+        for a layer fed by real values, whose MACs all count as MACs.
         """
-        analog = active_fraction is None
+        analog = synaptic_ops is None
         tally = self._synapses.setdefault(self._name(module), _SynapseTally(analog_input=analog))
-        macs = macs_per_step * time_steps
-        tally.macs += macs
-        if active_fraction is not None:
-            active = active_fraction.detach().to(torch.float64) * macs
-            tally.active_macs = active if tally.active_macs is None else tally.active_macs + active
+        tally.macs += macs_per_step * time_steps
+        if synaptic_ops is not None:
+            exact = synaptic_ops.exact.detach().to(torch.float64)
+            nominal = synaptic_ops.nominal.detach().to(torch.float64)
+            tally.synaptic_ops = exact if tally.synaptic_ops is None else tally.synaptic_ops + exact
+            nominal_so_far = tally.synaptic_ops_nominal
+            tally.synaptic_ops_nominal = nominal if nominal_so_far is None else nominal_so_far + nominal
 
     def report(self) -> list[SampleTelemetry]:
         """Per-sample telemetry, one entry per batch element (a single host transfer per tensor)."""
@@ -159,39 +210,57 @@ class TelemetryRecorder:
         layer_counts = {
             name: t.spikes.cpu().tolist() for name, t in self._spikes.items() if t.spikes is not None
         }
+        sops = {
+            name: (t.synaptic_ops.cpu().tolist(), t.synaptic_ops_nominal.cpu().tolist())
+            for name, t in self._synapses.items()
+            if t.synaptic_ops is not None and t.synaptic_ops_nominal is not None
+        }
         batch = next((len(c) for c in layer_counts.values()), 0)
-        sop_counts = [
-            t.active_macs.cpu().tolist() for t in self._synapses.values() if t.active_macs is not None
-        ]
-        if batch == 0 and sop_counts:
-            batch = len(sop_counts[0])
-        mac_total = float(sum(t.macs for t in self._synapses.values() if t.analog_input))
-        samples = []
-        for b in range(batch):
-            layers = []
-            total_spikes = 0
-            total_capacity = 0
-            for name, tally in self._spikes.items():
-                spikes = int(layer_counts[name][b])
-                capacity = tally.neurons * tally.time_steps
-                total_spikes += spikes
-                total_capacity += capacity
-                layers.append(
-                    LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0)
-                )
-            sops = float(sum(float(c[b]) for c in sop_counts))
-            energy_pj = E_MAC_PJ * mac_total + E_AC_PJ * sops
-            samples.append(
-                SampleTelemetry(
-                    spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
-                    spikes=total_spikes,
-                    synaptic_ops=sops,
-                    macs=mac_total,
-                    energy_uj=energy_pj * 1e-6,
-                    layers=tuple(layers),
-                )
+        if batch == 0 and sops:
+            batch = len(next(iter(sops.values()))[0])
+        return [self._sample(b, layer_counts, sops) for b in range(batch)]
+
+    def _sample(
+        self,
+        b: int,
+        layer_counts: dict[str, list[int]],
+        sops: dict[str, tuple[list[float], list[float]]],
+    ) -> SampleTelemetry:
+        layers = []
+        total_spikes = total_capacity = 0
+        for name, tally in self._spikes.items():
+            spikes = int(layer_counts[name][b])
+            capacity = tally.neurons * tally.time_steps
+            total_spikes += spikes
+            total_capacity += capacity
+            layers.append(LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0))
+        work = []  # (name, input, macs, exact, nominal, energy in pJ)
+        for name, synapse in self._synapses.items():
+            if synapse.analog_input:
+                work.append((name, "real", synapse.macs, 0.0, 0.0, E_MAC_PJ * synapse.macs))
+            else:
+                exact, nominal = (float(counts[b]) for counts in sops[name])
+                work.append((name, "events", synapse.macs, exact, nominal, E_AC_PJ * exact))
+        energy_pj = sum(entry[5] for entry in work)
+        dense_macs = float(sum(entry[2] for entry in work))
+        synaptic_layers = tuple(
+            SynapticLayerTelemetry(
+                name, kind, float(macs), exact, nominal, pj * 1e-6, pj / energy_pj if energy_pj else 0.0
             )
-        return samples
+            for name, kind, macs, exact, nominal, pj in work
+        )
+        return SampleTelemetry(
+            spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
+            spikes=total_spikes,
+            synaptic_ops=sum(layer.synaptic_ops for layer in synaptic_layers),
+            synaptic_ops_nominal=sum(layer.synaptic_ops_nominal for layer in synaptic_layers),
+            macs=float(sum(entry[2] for entry in work if entry[1] == "real")),
+            dense_macs=dense_macs,
+            energy_uj=energy_pj * 1e-6,
+            ann_energy_uj=E_MAC_PJ * dense_macs * 1e-6,
+            layers=tuple(layers),
+            synaptic_layers=synaptic_layers,
+        )
 
 
 @contextlib.contextmanager
@@ -223,12 +292,11 @@ def current_recorder() -> TelemetryRecorder | None:
     return _ACTIVE.get()
 
 
-def active_fraction(x: torch.Tensor) -> torch.Tensor:
-    """Input activity per sample: spikes per input position. x: [T, B, ...] -> [B] float32.
+def event_count(x: torch.Tensor) -> torch.Tensor:
+    """Events per sample in x: [T, B, ...] -> [B] float32.
 
     A sum rather than a count of non-zeros: the same for 0/1 spikes, twice as fast on the CPU, and
     right for SEW sums where two coinciding spikes are two synaptic events.
     """
     dims = tuple(d for d in range(x.dim()) if d != 1)
-    per_sample = x.numel() // x.shape[1] if x.shape[1] else 1
-    return x.detach().sum(dim=dims, dtype=torch.float32) / per_sample
+    return x.detach().sum(dim=dims, dtype=torch.float32)

@@ -38,13 +38,29 @@ class LayerOut(BaseModel):
     spike_rate: float
 
 
+class SynapticLayerOut(BaseModel):
+    name: str
+    input: Literal["events", "real"]
+    macs: float
+    synaptic_ops: float
+    synaptic_ops_nominal: float
+    energy_uj: float
+    energy_share: float
+
+
 class TelemetryOut(BaseModel):
+    """Spike telemetry of one answer; docs/MODELS.md says how each figure is counted."""
+
     spike_rate: float
     spikes: int
-    synaptic_ops: float
-    macs: float
-    energy_uj: float
+    synaptic_ops: float = Field(description="exact: each input event times the outputs it reaches")
+    synaptic_ops_nominal: float = Field(description="the papers' convention: event rate x T x MACs")
+    macs: float = Field(description="MACs on real values (charged at E_MAC)")
+    dense_macs: float = Field(description="every layer's MACs, as an ANN of the same shape runs them")
+    energy_uj: float = Field(description="E_MAC x macs + E_AC x synaptic_ops")
+    ann_energy_uj: float = Field(description="E_MAC x dense_macs: the same network as an ANN")
     layers: list[LayerOut] | None = None
+    synaptic_layers: list[SynapticLayerOut] | None = None
 
 
 class TimingOut(BaseModel):

@@ -155,8 +155,8 @@ def _eval(args: argparse.Namespace) -> int:
     if report.telemetry is not None:
         t = report.telemetry
         print(
-            f"per sample: spike rate {t.spike_rate:.4f}, {t.synaptic_ops:.3e} SOPs, "
-            f"{t.macs:.3e} MACs, {t.energy_uj:.3f} uJ"
+            f"per sample: spike rate {t.spike_rate:.4f}, {t.synaptic_ops:.3e} SOPs "
+            f"({t.synaptic_ops_nominal:.3e} nominal), {t.macs:.3e} MACs, {t.energy_uj:.3f} uJ"
         )
     return 0
 

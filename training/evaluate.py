@@ -10,7 +10,7 @@ prepares a request, so a number printed here is the number a served model earns:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,13 @@ class TelemetrySummary:
     spike_rate: float
     spikes: float
     synaptic_ops: float
+    synaptic_ops_nominal: float
     macs: float
     energy_uj: float
+    ann_energy_uj: float
+
+
+_SUMMED = tuple(f.name for f in fields(TelemetrySummary))
 
 
 @dataclass(frozen=True)
@@ -64,19 +69,13 @@ def evaluate_model(
 ) -> tuple[int, int, TelemetrySummary | None]:
     """(correct, n, telemetry means or None) of ``model`` in eval mode over every sample of ``data``."""
     model.eval()
-    correct, totals, samples = 0, np.zeros(5), 0
+    correct, totals, samples = 0, np.zeros(len(_SUMMED)), 0
     for x, y in data.batches(batch_size):
         if with_telemetry:
             with telemetry.record(model) as recorder:
                 logits = model(x.to(device))
             for sample in recorder.report():
-                totals += (
-                    sample.spike_rate,
-                    sample.spikes,
-                    sample.synaptic_ops,
-                    sample.macs,
-                    sample.energy_uj,
-                )
+                totals += [getattr(sample, name) for name in _SUMMED]
                 samples += 1
         else:
             logits = model(x.to(device))

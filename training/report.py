@@ -67,8 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(recipe_table(), end="\n\n")
 
     print("| model | architecture | parameters | weights | T | data | top-1 (test) | spike rate | "
-          "SOPs / sample | MACs / sample | energy / sample | training |")  # fmt: skip
-    print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "SOPs / sample (exact) | SOPs nominal | MACs / sample | energy / sample | as an ANN | "
+          "training |")  # fmt: skip
+    print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     event_models = []
     for name, recipe in sorted(RECIPES.items()):
         try:
@@ -89,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| `{manifest.ref}` | `{manifest.architecture}` | {parameters:,} | "
             f"{manifest.weights.size / 1e6:.2f} MB | {manifest.time_steps.default} | {recipe.data} | "
             f"{correct / n:.2%} ({correct}/{n}) | {telemetry.spike_rate:.4f} | "
-            f"{telemetry.synaptic_ops / 1e6:.2f} M | "
+            f"{telemetry.synaptic_ops / 1e6:.2f} M | {telemetry.synaptic_ops_nominal / 1e6:.2f} M | "
             f"{telemetry.macs / 1e6:.2f} M | {telemetry.energy_uj:.2f} µJ | "
+            f"{telemetry.ann_energy_uj:.2f} µJ | "
             f"{manifest.tags.get('train_seconds', '?')} s, {manifest.tags.get('epochs_run', '?')} epochs |"
         )
         if isinstance(manifest.input, EventInput):

@@ -452,5 +452,5 @@ class Engine:
         if sample is None or request.telemetry == "none":
             return None
         if request.telemetry == "summary":
-            return {key: value for key, value in sample.items() if key != "layers"}
+            return {key: value for key, value in sample.items() if key not in telemetry.PER_LAYER_KEYS}
         return sample

@@ -136,8 +136,9 @@ def test_recorders_in_concurrent_threads_do_not_mix() -> None:
     assert results == {"busy": 4, "idle": 0}
 
 
-def test_active_fraction_is_per_sample() -> None:
+def test_event_count_is_per_sample_and_counts_sew_sums_twice() -> None:
     x = torch.zeros(2, 3, 4)
     x[0, 0, :2] = 1.0
     x[1, 2] = 1.0
-    assert telemetry.active_fraction(x).tolist() == pytest.approx([2 / 8, 0.0, 4 / 8])
+    x[1, 2, 0] = 2.0  # two coinciding spikes summed by a SEW block: two events
+    assert telemetry.event_count(x).tolist() == [2.0, 0.0, 5.0]

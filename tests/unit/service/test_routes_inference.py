@@ -55,6 +55,18 @@ def test_classify_answers_the_documented_shape(serving: TestClient) -> None:
     telemetry = answer["telemetry"]
     assert set(telemetry) >= {"spike_rate", "spikes", "synaptic_ops", "energy_uj", "layers"}
     assert set(telemetry["layers"][0]) == {"name", "neurons", "spikes", "spike_rate"}
+    assert set(telemetry) >= {"synaptic_ops_nominal", "dense_macs", "ann_energy_uj", "synaptic_layers"}
+    stem, *_, classifier = telemetry["synaptic_layers"]
+    assert set(stem) == {
+        "name",
+        "input",
+        "macs",
+        "synaptic_ops",
+        "synaptic_ops_nominal",
+        "energy_uj",
+        "energy_share",
+    }
+    assert stem["input"] == classifier["input"] == "real"  # an image, and average-pooled spikes
     assert set(answer["timing_ms"]) == {"queue", "compute", "total"}
     assert answer["timing_ms"]["total"] >= answer["timing_ms"]["compute"] > 0
 

@@ -79,6 +79,8 @@ def test_telemetry_levels(engine: Engine) -> None:
     )
     assert none.telemetry is None
     assert summary.telemetry is not None and "layers" not in summary.telemetry
+    assert "synaptic_layers" not in summary.telemetry
+    assert summary.telemetry["synaptic_ops"] <= summary.telemetry["synaptic_ops_nominal"]
     assert layers.telemetry is not None and layers.telemetry["layers"]
     assert summary.telemetry["spikes"] == layers.telemetry["spikes"] > 0
     for layer in layers.telemetry["layers"]:
@@ -86,6 +88,9 @@ def test_telemetry_levels(engine: Engine) -> None:
         assert layer["neurons"] > 0
     assert sum(layer["spikes"] for layer in layers.telemetry["layers"]) == layers.telemetry["spikes"]
     assert layers.telemetry["energy_uj"] > 0 and layers.telemetry["synaptic_ops"] >= 0
+    synaptic = layers.telemetry["synaptic_layers"]
+    assert sum(layer["synaptic_ops"] for layer in synaptic) == pytest.approx(layers.telemetry["synaptic_ops"])
+    assert sum(layer["energy_share"] for layer in synaptic) == pytest.approx(1.0)
 
 
 def test_event_recordings_are_binned_and_classified(engine: Engine) -> None:
