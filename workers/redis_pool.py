@@ -178,13 +178,25 @@ class RedisPool:
             try:
                 result = await asyncio.wait_for(future, timeout)
             except TimeoutError:
+                await self._withdraw(request.model_name, entry_id)
                 raise errors.DeadlineExceededError(
                     f"no worker answered request {request.request_id} within {timeout:.1f} s"
                 ) from None
+            except asyncio.CancelledError:  # its client left, or a sibling image of it was refused
+                await self._withdraw(request.model_name, entry_id)
+                raise
         finally:  # answered, refused, timed out or cancelled: a late reply now finds nobody waiting
             self._pending.pop(request.request_id, None)
             self._pending_models.pop(request.request_id, None)
         return raise_for_error(result)
+
+    async def _withdraw(self, model: str, entry_id: Any) -> None:
+        """Take a request nobody waits for off its stream, so no worker that has not read it yet
+        computes it (one that already has answers into the void: its reply finds no waiter)."""
+        if self._client is None:
+            return
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.xdel(self.keys.requests(model), entry_id)
 
     async def _check_served(self, model: str) -> None:
         """Refuse at once, rather than after the deadline, when no live worker reads the model's stream."""
