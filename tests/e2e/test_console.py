@@ -156,7 +156,14 @@ def test_classify_a_drawn_digit(browser, server):
     assert all(0 <= float(bar.get_attribute("data-value")) <= 1 for bar in layers)
     assert stat(browser, "classify-result", "steps") == "4"
     assert stat(browser, "classify-result", "energy").endswith("µJ")
-    assert len(css(browser, "#classify-result svg[aria-label='energy comparison'] rect.bar")) == 2
+    # the energy estimate beside the same network run as an ANN, both as the server reports them
+    energy_bars = css(browser, "#classify-result svg[aria-label='energy comparison'] rect.bar")
+    assert len(energy_bars) == 2
+    spiking, ann = (float(bar.get_attribute("data-value")) for bar in energy_bars)
+    assert spiking > 0 and ann > spiking  # a trained spiking net beats its ANN twin here
+    assert stat(browser, "classify-result", "energy-ratio") == f"{spiking / ann:.2f}"
+    synaptic = css(browser, "#classify-result svg[aria-label='energy per synaptic layer'] rect.bar")
+    assert len(synaptic) == len(answer["telemetry"]["synaptic_layers"]) > 1
     # what the network received: the drawing at the model's 28x28, as is (no conversion warnings)
     assert by_id(browser, "classify-preview").get_attribute("width") == "28"
     assert "warnings" not in by_id(browser, "classify-result").text

@@ -4,10 +4,6 @@
 
 import { barChart, columnChart, formatNumber } from "./charts.js";
 
-// 45 nm figures (Horowitz, ISSCC 2014), the ones the server's energy estimate uses.
-const E_MAC_PJ = 4.6;
-const E_AC_PJ = 0.9;
-
 function node(tag, attributes = {}, ...children) {
   const element = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
@@ -50,6 +46,7 @@ export function renderAnswer(container, answer) {
   if (telemetry) {
     container.append(energyCard(telemetry, steps));
     if (telemetry.layers && telemetry.layers.length) container.append(...layerCards(telemetry.layers, steps));
+    if (telemetry.synaptic_layers && telemetry.synaptic_layers.length) container.append(synapticCard(telemetry.synaptic_layers));
   }
   container.append(
     card("Timing", stats([
@@ -63,19 +60,19 @@ export function renderAnswer(container, answer) {
   );
 }
 
-// SOPs and the energy estimate, beside the same operations priced as multiply-accumulates.
+// SOPs and the energy estimate, beside the same network run as an ANN: every layer's MACs once
+// (dense_macs), at 4.6 pJ each (ann_energy_uj), as the server reports them.
 function energyCard(telemetry, steps) {
-  const macEnergy = (E_MAC_PJ * telemetry.macs) / 1e6;
-  const acEnergy = (E_AC_PJ * telemetry.synaptic_ops) / 1e6;
-  // An accelerator without spikes does every one of these operations as a MAC (4.6 pJ, not 0.9 pJ).
-  // The server reports no dense MAC count of the whole network, so this is the honest comparison.
-  const allMacs = (E_MAC_PJ * (telemetry.macs + telemetry.synaptic_ops)) / 1e6;
+  const ratio = telemetry.ann_energy_uj > 0 ? telemetry.energy_uj / telemetry.ann_energy_uj : NaN;
   const chart = barChart(
     [
-      { label: "spiking (est.)", value: telemetry.energy_uj, title: `MACs ${formatNumber(macEnergy)} µJ + ACs ${formatNumber(acEnergy)} µJ` },
-      { label: "same ops as MACs", value: allMacs },
+      { label: "spiking (est.)", value: telemetry.energy_uj },
+      { label: "same net as ANN", value: telemetry.ann_energy_uj },
     ],
-    { max: Math.max(telemetry.energy_uj, allMacs) * 1.05 || 1, format: microjoules, label: "energy comparison", highlightFirst: false },
+    {
+      max: Math.max(telemetry.energy_uj, telemetry.ann_energy_uj) * 1.05 || 1,
+      format: microjoules, label: "energy comparison", highlightFirst: false,
+    },
   );
   return card(
     "Spikes, operations, energy",
@@ -83,13 +80,16 @@ function energyCard(telemetry, steps) {
       ["time steps used", String(steps), "steps"],
       ["mean spike rate", telemetry.spike_rate.toFixed(4), "spike-rate"],
       ["spikes", formatNumber(telemetry.spikes), "spikes"],
-      ["synaptic ops (AC, 0.9 pJ)", formatNumber(telemetry.synaptic_ops), "sops"],
-      ["MACs of analog-fed layers (4.6 pJ)", formatNumber(telemetry.macs), "macs"],
+      ["synaptic ops (exact; 0.9 pJ)", formatNumber(telemetry.synaptic_ops), "sops"],
+      ["synaptic ops (nominal, papers')", formatNumber(telemetry.synaptic_ops_nominal), "sops-nominal"],
+      ["MACs on real values (4.6 pJ)", formatNumber(telemetry.macs), "macs"],
       ["energy estimate", microjoules(telemetry.energy_uj), "energy"],
-      ["same operations as MACs", microjoules(allMacs), "mac-energy"],
+      ["same network as an ANN", `${microjoules(telemetry.ann_energy_uj)} (${formatNumber(telemetry.dense_macs)} MACs)`, "ann-energy"],
+      ["spiking / ANN energy", Number.isNaN(ratio) ? "–" : ratio.toFixed(2), "energy-ratio"],
     ]),
     chart,
-    node("p", { class: "muted" }, "45 nm figures: 4.6 pJ a MAC, 0.9 pJ an accumulate (Horowitz 2014)."),
+    node("p", { class: "muted" }, "45 nm figures: 4.6 pJ a MAC, 0.9 pJ an accumulate (Horowitz 2014); " +
+      "the ANN runs every layer's MACs once, the spiking net over its time steps."),
   );
 }
 
@@ -108,4 +108,18 @@ function layerCards(layers, steps) {
       node("p", { class: "muted" }, `summed over the ${steps} time steps (the API reports spikes per layer, not per step)`),
     ),
   ];
+}
+
+// Energy per synaptic layer (conv, linear, attention products), input to output: where it goes.
+function synapticCard(layers) {
+  const energy = layers.map((layer) => ({
+    name: `${layer.name} (${layer.input === "real" ? "MACs on real values" : "events"}: ` +
+      `${formatNumber(layer.input === "real" ? layer.macs : layer.synaptic_ops)} ops, ${(100 * layer.energy_share).toFixed(1)}%)`,
+    value: layer.energy_uj,
+  }));
+  return card(
+    "Energy per synaptic layer",
+    columnChart(energy, { xLabel: "synaptic layer (input to output)", yLabel: "µJ", label: "energy per synaptic layer" }),
+    node("p", { class: "muted" }, "layers fed by events count accumulates, layers fed by real values count MACs; hover a bar for its layer"),
+  );
 }
