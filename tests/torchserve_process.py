@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,15 @@ from typing import Any
 from server_process import free_port
 
 TORCHSERVE = Path(sys.executable).with_name("torchserve")
+ADDRESS_KEYS = (
+    "inference_address",
+    "management_address",
+    "metrics_address",
+    "grpc_inference_port",
+    "grpc_management_port",
+    "initial_worker_port",
+)
+MAX_WORKERS = 8  # worker sockets reserved per TorchServe
 
 
 def torchserve_available() -> str | None:
@@ -59,6 +69,13 @@ def _group_alive(group: int) -> bool:
     return True
 
 
+def _free_socket_base() -> int:
+    while True:
+        base = random.randrange(20_000, 60_000, MAX_WORKERS)
+        if not any(Path(f"/tmp/.ts.sock.{base + i}").exists() for i in range(MAX_WORKERS)):
+            return base
+
+
 class TorchServeProcess:
     """``with TorchServeProcess(store, ["danet-mnist"]) as ts: ts.url, ts.management_url``."""
 
@@ -74,7 +91,7 @@ class TorchServeProcess:
         self.models = list(models)
         self.ready_timeout_s = ready_timeout_s
         self.extra_env = dict(env or {})
-        inference, management, metrics = _free_ports(3)
+        inference, management, metrics, self.grpc_inference, self.grpc_management = _free_ports(5)
         self.url = f"http://127.0.0.1:{inference}"
         self.management_url = f"http://127.0.0.1:{management}"
         self.metrics_url = f"http://127.0.0.1:{metrics}"
@@ -86,12 +103,18 @@ class TorchServeProcess:
         lines = [
             line
             for line in (self.store / "config.properties").read_text().splitlines()
-            if line.split("=", 1)[0] not in ("inference_address", "management_address", "metrics_address")
+            if line.split("=", 1)[0] not in ADDRESS_KEYS
         ]
         lines += [
             f"inference_address={self.url}",
             f"management_address={self.management_url}",
             f"metrics_address={self.metrics_url}",
+            # TorchServe also opens two gRPC ports (7070, 7071 by default): free ones, so two can run
+            f"grpc_inference_port={self.grpc_inference}",
+            f"grpc_management_port={self.grpc_management}",
+            # worker N listens on the unix socket /tmp/.ts.sock.<initial_worker_port + N> (Java's
+            # temp dir, whatever TMPDIR says): a base no other TorchServe on this machine uses
+            f"initial_worker_port={_free_socket_base()}",
         ]
         config = self.home / "config.properties"
         config.write_text("\n".join(lines) + "\n")
