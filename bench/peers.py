@@ -25,6 +25,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -43,11 +44,11 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # server_process, torchserve_process: shared with the e2e tests
-sys.path.insert(0, str(REPO_ROOT / "bench"))
 
-from serve import _read_response  # noqa: E402
 from server_process import ServerProcess, free_port  # noqa: E402
 from torchserve_process import TorchServeProcess, torchserve_available  # noqa: E402
+
+from bench.serve import _read_response  # noqa: E402
 
 DIGITS = 64
 
@@ -96,6 +97,34 @@ def tree_rss_mb(root: int) -> float:
         except OSError:
             continue
     return total_kb / 1024.0
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of ``pid``, by native thread id."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """Python thread names by native id, from ``py-spy dump`` (a dev dependency); {} without it."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return {}
+    dump = subprocess.run(
+        [str(spy), "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True
+    )
+    names = {}
+    for match in re.finditer(
+        r'Thread (?:0x[0-9A-Fa-f]+ )?\(?(\d+)\)? \((?:active|idle)[^)]*\): "([^"]+)"', dump.stdout
+    ):
+        names[int(match.group(1))] = match.group(2).rstrip("0123456789_")
+    return names
 
 
 def signal_tree(root: int, sig: signal.Signals) -> None:
@@ -235,6 +264,9 @@ class Round:
 @dataclass
 class Tally:
     rounds: dict[tuple[str, int], list[Round]] = field(default_factory=dict)
+    # spikeserve's CPU seconds by thread name (event loop, engine, decode threads), per client count
+    threads: dict[int, dict[str, float]] = field(default_factory=dict)
+    thread_answers: dict[int, int] = field(default_factory=dict)
 
 
 async def _load(
@@ -277,13 +309,28 @@ async def _load(
     return latencies, counts["errors"], counts["disagreements"]
 
 
-def measure(peer: Peer, bodies: list[bytes], expected: list[str], clients: int, seconds: float) -> Round:
+def measure(
+    peer: Peer,
+    bodies: list[bytes],
+    expected: list[str],
+    clients: int,
+    seconds: float,
+    threads: dict[str, float] | None = None,
+    names: dict[int, str] | None = None,
+) -> Round:
+    """One window of load on ``peer``; with ``threads``, also add to it the CPU seconds of each
+    thread of the root process (named by ``names``)."""
     cpu_before = tree_cpu_s(peer.root_pid)
+    threads_before = thread_cpu_s(peer.root_pid) if threads is not None else {}
     latencies, errors, disagreements = asyncio.run(
         _load(peer.url, peer.path, bodies, expected, clients, seconds)
     )
     cpu_ms = (tree_cpu_s(peer.root_pid) - cpu_before) * 1000.0
     answers = len(latencies)
+    if threads is not None:
+        for tid, spent in thread_cpu_s(peer.root_pid).items():
+            name = (names or {}).get(tid, "other threads")
+            threads[name] = threads.get(name, 0.0) + spent - threads_before.get(tid, 0.0)
     return Round(answers, seconds, latencies, cpu_ms / max(answers, 1), errors, disagreements)
 
 
@@ -398,12 +445,19 @@ def main() -> int:
                     raise SystemExit(f"{peer.name} disagrees with spikeserve on the digits' top-1")
                 measure(peer, bodies, expected, max(args.clients), 2.0)
             tally = Tally()
+            only_running(peers, reference)
+            names = thread_names(reference.root_pid)
             for round_index in range(args.rounds):
                 for clients in args.clients:
                     shift = round_index % len(peers)
                     for peer in peers[shift:] + peers[:shift]:
                         only_running(peers, peer)
-                        measured = measure(peer, bodies, expected, clients, args.seconds)
+                        split = tally.threads.setdefault(clients, {}) if peer is reference else None
+                        measured = measure(peer, bodies, expected, clients, args.seconds, split, names)
+                        if split is not None:
+                            tally.thread_answers[clients] = (
+                                tally.thread_answers.get(clients, 0) + measured.answers
+                            )
                         tally.rounds.setdefault((peer.name, clients), []).append(measured)
                         print(f"#   {clients:3d} clients, {peer.name:<14} {measured.rps:7.1f} answers/s, "
                               f"{measured.errors} errors", file=sys.stderr)  # fmt: skip
@@ -423,6 +477,11 @@ def main() -> int:
     disagreements = sum(r.disagreements for r in every)
     answered = sum(r.answers for r in every)
     print()
+    for clients, split in tally.threads.items():
+        answers = max(tally.thread_answers.get(clients, 0), 1)
+        ordered = sorted(split.items(), key=lambda item: -item[1])
+        parts = ", ".join(f"{name} {seconds * 1000.0 / answers:.2f}" for name, seconds in ordered)
+        print(f"spikeserve CPU ms per answer by thread at {clients} clients: {parts}")
     print(
         f"top-1 agreement with spikeserve: {answered - disagreements} of {answered} answers; errors: {errors}"
     )

@@ -66,8 +66,13 @@ class SpikeserveLitAPI(litserve.LitAPI):
         from workers.protocol import InferenceRequest
 
         started = time.perf_counter()
+        settings = self.settings
         decoded = decode_image(
-            request["body"], request["content_type"], self.manifest.input, self.settings.max_image_pixels
+            request["body"],
+            request["content_type"],
+            self.manifest.input,
+            settings.max_image_pixels,
+            settings.max_decoded_bytes,
         )
         return started, InferenceRequest(
             request_id=uuid.uuid4().hex,
@@ -94,7 +99,7 @@ class SpikeserveLitAPI(litserve.LitAPI):
         from service.inference import answer
 
         started, result = output
-        return answer(result, [], started)
+        return answer(result, [], started, None)
 
 
 def main() -> int:
