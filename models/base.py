@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from models.neurons import MultiStepNeuron
@@ -31,14 +32,23 @@ def set_streaming(model: nn.Module, streaming: bool) -> None:
         neuron.reset_state()
 
 
+def keep_state_rows(model: nn.Module, rows: torch.Tensor) -> None:
+    """Shrink every kept membrane to the batch rows ``rows`` ([b] int64), for step-by-step callers
+    whose samples leave the batch (early exit): the rows left continue exactly where they were."""
+    for neuron in spiking_layers(model):
+        neuron.keep_state_rows(rows)
+
+
 class SpikingModel(nn.Module):
     """Base class of the architectures: ``forward(x: [T, B, C, H, W]) -> logits [B, classes]``.
 
     ``supports_streaming`` says whether feeding T steps one at a time (with ``set_streaming``)
-    equals one T-step forward; architectures that attend across time set it False.
+    equals one T-step forward; architectures that attend across time set it False and say why in
+    ``streaming_blocker`` (shown to a client that asks for early exit).
     """
 
     supports_streaming = True
+    streaming_blocker = ""
 
     def reset_state(self) -> None:
         reset_state(self)

@@ -277,6 +277,10 @@ class DANet(SpikingModel):
                     branch.zero_init_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_steps(x).mean(0)
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Each step's output, whose mean over T is ``forward``: x: [T, B, C, H, W] -> [T, B, classes]."""
         if x.dim() != 5 or x.shape[2] != self.in_channels:
             raise ValueError(f"DANet expects [T, B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
         x = self.stages(self.stem(x))
@@ -285,7 +289,7 @@ class DANet(SpikingModel):
         # final map passes the spikes (or SEW sums) through as they are, as events.
         pooled_is_real = x.shape[-2] * x.shape[-1] != 1
         x = self.pool(x).flatten(2)  # [T, B, C]
-        return self.fc(x, analog_input=pooled_is_real).mean(0)
+        return self.fc(x, analog_input=pooled_is_real)
 
 
 # --- plans: which convolutions each architecture has --------------------------------------------

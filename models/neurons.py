@@ -60,6 +60,11 @@ class MultiStepNeuron(nn.Module):
         """Forget the membrane kept by a streaming caller."""
         self.v = None
 
+    def keep_state_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the membranes of batch rows ``rows`` ([b] int64 indices): the others left the batch."""
+        if self.v is not None:
+            self.v = self.v.index_select(0, rows.to(self.v.device))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...], got shape {tuple(x.shape)}")

@@ -62,6 +62,10 @@ class Spikeformer(SpikingModel):
     """
 
     supports_streaming = False
+    streaming_blocker = (
+        "its temporal attention mixes all T time steps in every block, so the output after step t "
+        "depends on later steps: it cannot stop early in one pass (run it with all T steps)"
+    )
 
     def __init__(
         self,

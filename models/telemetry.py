@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,3 +300,58 @@ def event_count(x: torch.Tensor) -> torch.Tensor:
     """
     dims = tuple(d for d in range(x.dim()) if d != 1)
     return x.detach().sum(dim=dims, dtype=torch.float32)
+
+
+def sum_over_steps(steps: Sequence[SampleTelemetry]) -> SampleTelemetry:
+    """One sample's telemetry over consecutive single-step forwards (step by step, early exit):
+    the same figures one forward over those steps reports.
+
+    Counts (spikes, SOPs, MACs, energy) add up; rates and energy shares are recomputed from the
+    sums (a layer's spike rate = its spikes / (neurons x steps run)).
+    """
+    if not steps:
+        raise ValueError("no steps to sum")
+    spiking: dict[str, list[LayerTelemetry]] = {}
+    synaptic: dict[str, list[SynapticLayerTelemetry]] = {}
+    for step in steps:
+        for layer in step.layers:
+            spiking.setdefault(layer.name, []).append(layer)
+        for work in step.synaptic_layers:
+            synaptic.setdefault(work.name, []).append(work)
+    layers = []
+    total_capacity = 0
+    for name, per_step in spiking.items():
+        spikes = sum(layer.spikes for layer in per_step)
+        capacity = per_step[0].neurons * len(per_step)
+        total_capacity += capacity
+        layers.append(
+            LayerTelemetry(name, per_step[0].neurons, spikes, spikes / capacity if capacity else 0.0)
+        )
+    energy_uj = sum(step.energy_uj for step in steps)
+    synaptic_layers = []
+    for name, per_step in synaptic.items():
+        layer_energy = sum(work.energy_uj for work in per_step)
+        synaptic_layers.append(
+            SynapticLayerTelemetry(
+                name,
+                per_step[0].input,
+                sum(work.macs for work in per_step),
+                sum(work.synaptic_ops for work in per_step),
+                sum(work.synaptic_ops_nominal for work in per_step),
+                layer_energy,
+                layer_energy / energy_uj if energy_uj else 0.0,
+            )
+        )
+    total_spikes = sum(layer.spikes for layer in layers)
+    return SampleTelemetry(
+        spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
+        spikes=total_spikes,
+        synaptic_ops=sum(step.synaptic_ops for step in steps),
+        synaptic_ops_nominal=sum(step.synaptic_ops_nominal for step in steps),
+        macs=sum(step.macs for step in steps),
+        dense_macs=sum(step.dense_macs for step in steps),
+        energy_uj=energy_uj,
+        ann_energy_uj=sum(step.ann_energy_uj for step in steps),
+        layers=tuple(layers),
+        synaptic_layers=tuple(synaptic_layers),
+    )

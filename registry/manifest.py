@@ -109,6 +109,24 @@ class EventInput(_Strict):
 InputSpec = Annotated[ImageInput | EventInput, Field(discriminator="kind")]
 
 
+DEFAULT_EXIT_THRESHOLD = 0.9
+
+
+class EarlyExit(_Strict):
+    """Whether requests may stop early over time steps (``exit=confidence``) and their defaults.
+
+    A sample stops at the first step, not before ``min_steps``, where the top-1 probability of
+    its accumulated output reaches ``threshold``. A network whose forward attends across time
+    cannot: ``supported`` is False and ``reason`` says why. A manifest without this field leaves
+    the answer to the architecture (the worker asks it) and uses DEFAULT_EXIT_THRESHOLD.
+    """
+
+    supported: bool = True
+    threshold: float = Field(default=DEFAULT_EXIT_THRESHOLD, gt=0.0, le=1.0)
+    min_steps: int = Field(default=1, ge=1, le=256)
+    reason: str = ""
+
+
 class Metric(_Strict):
     name: str
     value: float
@@ -138,6 +156,7 @@ class Manifest(_Strict):
     labels: tuple[str, ...]
     metrics: tuple[Metric, ...] = ()
     weights: WeightsInfo
+    early_exit: EarlyExit | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     description: str = ""
     tags: dict[str, str] = Field(default_factory=dict)

@@ -29,7 +29,7 @@ from registry.errors import (
     VersionInUseError,
     describe_validation_error,
 )
-from registry.manifest import EventInput, ImageInput, Manifest, Metric, TimeSteps
+from registry.manifest import EarlyExit, EventInput, ImageInput, Manifest, Metric, TimeSteps
 from registry.refs import DEFAULT_ALIAS, alias_name, model_name, parse_ref, version_number
 from registry.store import StagedBlob
 from registry.weights import stage_weights
@@ -96,6 +96,7 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         software: Mapping[str, str] | None = None,
         aliases: Sequence[str] = (),
+        early_exit: EarlyExit | Mapping[str, Any] | None = None,
     ) -> Manifest:
         """Store ``weights`` as a new version of ``name`` (1, 2, ...) and return its manifest.
 
@@ -114,6 +115,7 @@ class Registry:
             "description": description,
             "tags": dict(tags or {}),
             "software": {**default_software(), **(software or {})},
+            "early_exit": early_exit,
         }
         alias_list = [alias_name(a) for a in aliases]
         _validate(fields, "0" * 64, 0)  # refuse bad fields before copying any weights

@@ -29,6 +29,7 @@ log = logging.getLogger("spikeserve.errors")
 STATUS_BY_CODE: dict[str, int] = {
     # workers.errors
     "invalid_input": 422,
+    "early_exit_unsupported": 422,
     "queue_full": 503,
     "deadline_exceeded": 504,
     "unavailable": 503,

@@ -73,6 +73,8 @@ async def run(
         telemetry=options.telemetry,
         top_k=options.top_k,
         deadline=time.time() + state.settings.request_timeout_s,
+        exit_threshold=options.exit_threshold,
+        min_steps=options.min_steps,
     )
     return await state.pool.submit(inference_request)
 
@@ -85,6 +87,7 @@ def answer(result: InferenceResult, warnings: list[str], started: float, label: 
         "client_request_id": label,
         "model": {"name": result.model_name, "version": result.model_version},
         "time_steps": result.time_steps,
+        **({} if result.time_steps_used is None else {"time_steps_used": result.time_steps_used}),
         "predictions": [
             {"label": p.label, "index": p.index, "probability": p.probability} for p in result.predictions
         ],

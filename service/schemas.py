@@ -78,6 +78,9 @@ class ClassifyAnswer(BaseModel):
     )
     model: ModelRef
     time_steps: int
+    time_steps_used: int | None = Field(
+        default=None, description="with exit=confidence: the steps run before the answer (<= time_steps)"
+    )
     predictions: list[PredictionOut]
     telemetry: TelemetryOut | None
     timing_ms: TimingOut

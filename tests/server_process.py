@@ -40,6 +40,7 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         ready_timeout_s: float = 120.0,
+        cwd: Path | None = None,
     ) -> None:
         self.registry = Path(registry)
         self.port = free_port()
@@ -47,6 +48,7 @@ class ServerProcess:
         self.extra_env = dict(env or {})
         self.args = list(args or [])
         self.ready_timeout_s = ready_timeout_s
+        self.cwd = cwd or REPO_ROOT  # another checkout's folder runs that checkout's code
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="spikeserve-server-", suffix=".log")[1])
 
@@ -65,7 +67,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                command, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         self._wait_ready()
         return self

@@ -1,9 +1,12 @@
 """``spikeserve train``, ``spikeserve eval`` and ``spikeserve emulate``.
 
-- ``train --recipe NAME [--registry PATH] [--epochs N] [--max-batches N] [--seed N]``: run a named
-  recipe (training/recipes.py), register the result in the registry and point ``production`` at it;
+- ``train --recipe NAME [--registry PATH] [--epochs N] [--max-batches N] [--seed N] [--loss L]``: run
+  a named recipe (training/recipes.py), register the result in the registry and point
+  ``production`` at it;
 - ``eval REF [--registry PATH] --dataset mnist5k|nmnist5k [--split test] [--json]``: top-1 accuracy
   of a registered checkpoint on a split (``--json``: one object with ``accuracy`` and ``n``);
+  ``--exit-threshold X [X ...]``: early exit at each confidence X after the plain T-step forward
+  (accuracy, mean and histogram of steps used, mean energy, time per sample);
 - ``emulate --split test --position 0 -o digit.bin``: an N-MNIST-style recording of one MNIST-5k
   digit, as ``.bin`` (N-MNIST) or ``.aedat4``, to send to a served event model.
 
@@ -39,6 +42,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--max-batches", type=_positive_int, metavar="N", help="stop each epoch after N batches"
     )
     train.add_argument("--seed", type=int, help="override the recipe's seed")
+    train.add_argument(
+        "--loss",
+        choices=("mean", "per_step"),
+        help="override the recipe's loss: cross-entropy on the mean over T, or on every step's output",
+    )
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (mixed precision on CUDA)")
     train.add_argument(
         "--threads", type=_positive_int, metavar="N", help="CPU threads for torch (default: torch's choice)"
@@ -62,6 +70,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--time-steps", type=_positive_int, metavar="T", help="T (default: the manifest's)")
     evaluate.add_argument(
         "--telemetry", action="store_true", help="also report mean spike rate, SOPs, energy"
+    )
+    evaluate.add_argument(
+        "--exit-threshold",
+        type=_probability,
+        nargs="+",
+        metavar="X",
+        help="early exit at these confidences (0, 1]: accuracy, steps used, energy and time per "
+        "sample for each, after the plain T-step forward",
+    )
+    evaluate.add_argument(
+        "--min-steps", type=_positive_int, default=1, metavar="N", help="early exit never stops before step N"
     )
     evaluate.add_argument("--batch-size", type=_positive_int, default=100)
     evaluate.add_argument("--device", default="cpu")
@@ -88,6 +107,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def _fail(command: str, exc: BaseException) -> int:
     message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"spikeserve {command}: error: {message}", file=sys.stderr)
@@ -106,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         recipe = get_recipe(args.recipe).with_overrides(
-            epochs=args.epochs, max_batches=args.max_batches, seed=args.seed
+            epochs=args.epochs, max_batches=args.max_batches, seed=args.seed, loss=args.loss
         )
     except (KeyError, ValueError) as exc:
         return _fail("train", exc)
@@ -133,6 +159,8 @@ def _eval(args: argparse.Namespace) -> int:
     from registry.errors import RegistryError
     from training.evaluate import DatasetMismatchError, evaluate_ref
 
+    if args.exit_threshold:
+        return _eval_exit(args)
     try:
         report = evaluate_ref(
             args.ref,
@@ -157,6 +185,45 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"per sample: spike rate {t.spike_rate:.4f}, {t.synaptic_ops:.3e} SOPs "
             f"({t.synaptic_ops_nominal:.3e} nominal), {t.macs:.3e} MACs, {t.energy_uj:.3f} uJ"
+        )
+    return 0
+
+
+def _eval_exit(args: argparse.Namespace) -> int:
+    from registry.errors import RegistryError
+    from training.early_exit import evaluate_exit_ref
+    from training.evaluate import DatasetMismatchError
+
+    try:
+        reports = evaluate_exit_ref(
+            args.ref,
+            registry_root(args),
+            args.dataset,
+            args.exit_threshold,
+            args.split,
+            min_steps=args.min_steps,
+            time_steps=args.time_steps,
+            batch_size=args.batch_size,
+            device=args.device,
+            cache_dir=args.cache_dir,
+        )
+    except (RegistryError, DatasetMismatchError, OSError, ValueError) as exc:
+        return _fail("eval", exc)
+    if args.json:
+        print(json.dumps({"ref": args.ref, "dataset": args.dataset, "split": args.split,
+                          "reports": [report.as_dict() for report in reports]}))  # fmt: skip
+        return 0
+    full = reports[0]
+    print(f"{args.ref} on {args.dataset}/{args.split}, T={full.time_steps}, {full.n} samples, "
+          f"batch {args.batch_size}, early exit from step {args.min_steps}")  # fmt: skip
+    print(
+        f"{'threshold':>9}  {'top-1':>7}  {'mean steps':>10}  {'energy uJ':>9}  {'ms/sample':>9}  steps 1..T"
+    )
+    for report in reports:
+        label = "off" if report.threshold is None else f"{report.threshold:g}"
+        print(
+            f"{label:>9}  {report.accuracy:7.2%}  {report.mean_steps:10.3f}  {report.energy_uj or 0.0:9.3f}  "
+            f"{report.ms_per_sample:9.3f}  {' '.join(map(str, report.steps_histogram))}"
         )
     return 0
 

@@ -48,10 +48,18 @@ class Recipe:
         return TimeSteps(default=self.time_steps, min=1, max=self.max_time_steps)
 
     def with_overrides(
-        self, *, epochs: int | None = None, max_batches: int | None = None, seed: int | None = None
+        self,
+        *,
+        epochs: int | None = None,
+        max_batches: int | None = None,
+        seed: int | None = None,
+        loss: str | None = None,
     ) -> Recipe:
-        """This recipe with another length or seed (``spikeserve train --epochs/--max-batches/--seed``)."""
+        """This recipe with another length, seed or loss (``spikeserve train --epochs/--max-batches/
+        --seed/--loss``)."""
         changes: dict[str, Any] = {}
+        if loss is not None:
+            changes["loss"] = loss
         if epochs is not None:
             changes["epochs"] = epochs
         if max_batches is not None:

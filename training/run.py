@@ -18,6 +18,7 @@ from models import create_model
 from registry.manifest import Manifest, Metric
 from registry.registry import Registry
 from training.datasets import LABELS, Split
+from training.early_exit import choose_threshold
 from training.pipelines import Pipeline, dataset_pipeline
 from training.recipes import Recipe
 from training.trainer import TrainResult, accuracy, seed_everything, train
@@ -82,6 +83,13 @@ def run_recipe(
     test_accuracy = accuracy(model, test_data, device=device)
     log(f"test accuracy {test_accuracy:.4f} on {len(test_data)} held-out samples (epoch {result.best_epoch})")
 
+    early_exit = choose_threshold(model, val_data, result.best_val_accuracy, device=device)
+    log(
+        f"early exit: default threshold {early_exit.threshold} (chosen on the validation split)"
+        if early_exit.supported
+        else f"early exit: not supported ({early_exit.reason})"
+    )
+
     metrics = [
         Metric(name="top1_accuracy", value=test_accuracy, dataset=recipe.data, split="test"),
         Metric(name="top1_accuracy", value=result.best_val_accuracy, dataset=recipe.data, split="val"),
@@ -93,6 +101,7 @@ def run_recipe(
         "best_epoch": str(result.best_epoch),
         "train_seconds": f"{result.seconds:.0f}",
         "parameters": str(parameters),
+        "loss": recipe.train.loss,
     }
     if recipe.data == "nmnist5k":
         tags["emulator"] = recipe.emulator.key()
@@ -111,6 +120,7 @@ def run_recipe(
         description=recipe.description,
         tags=tags,
         aliases=(PRODUCTION_ALIAS,) if set_production else (),
+        early_exit=early_exit,
     )
     log(
         f"registered {manifest.ref} in {registry_root}"

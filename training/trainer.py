@@ -1,8 +1,12 @@
 """Training loop: BPTT through the T steps with the neurons' surrogate gradient.
 
-The loss is cross-entropy on the network's logits (the mean over time or the architecture's own
-head); autograd unrolls the neurons' time loop, so this is backpropagation through time, and the
-spike's step function passes gradient through its sigmoid surrogate (models/kernels/lif).
+The loss (``TrainConfig.loss``) is cross-entropy either on the network's logits (``mean``: the mean
+over time or the architecture's own head) or on every time step's output, averaged over the steps
+(``per_step``: TET's cross-entropy term, as SEENN trains for early exit; it needs the network's
+``forward_steps``). The mean-only loss leaves the first steps' outputs free to be unsure, so a
+network trained with it can rarely stop early; the per-step loss makes each step's output a good
+prediction on its own. Autograd unrolls the neurons' time loop, so this is backpropagation through
+time, and the spike's step function passes gradient through its sigmoid surrogate (models/kernels/lif).
 
 AdamW or SGD (Nesterov), a per-step cosine schedule after a linear warm-up, mixed precision on
 CUDA (bfloat16 autocast where supported, else float16 with a gradient scaler), fixed seeds, a tqdm
@@ -31,6 +35,8 @@ from models.base import reset_state
 from training.evaluate import evaluate_model
 from training.pipelines import Pipeline
 
+LOSSES = ("mean", "per_step")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -50,12 +56,15 @@ class TrainConfig:
     max_batches: int | None = None  # per epoch; a short run for smoke tests
     seed: int = 0
     amp: bool = True  # mixed precision, on CUDA only
+    loss: Literal["mean", "per_step"] = "mean"  # cross-entropy on the mean over T, or on every step
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose adamw or sgd")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
 
 
 @dataclass
@@ -136,6 +145,28 @@ def accuracy(
     return correct / max(1, n)
 
 
+def classification_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, logits [B, classes]) of one batch x: [T, B, ...], y: [B] int64, by ``config.loss``.
+
+    ``per_step``: the mean over t of CE(output_t, y), outputs from ``model.forward_steps`` ([T, B,
+    classes]); the logits returned are their mean over T, which is what ``forward`` answers.
+    """
+    if config.loss == "mean":
+        logits = model(x)
+        return F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing), logits
+    forward_steps = getattr(model, "forward_steps", None)
+    if forward_steps is None:
+        raise ValueError(f"{type(model).__name__} has no forward_steps: the per_step loss needs one")
+    outputs = forward_steps(x).float()  # [T, B, classes]
+    steps = outputs.shape[0]
+    loss = F.cross_entropy(
+        outputs.flatten(0, 1), y.repeat(steps), label_smoothing=config.label_smoothing
+    )  # the mean over T x B: every step weighs the same
+    return loss, outputs.mean(0)
+
+
 def _limited(batches: Iterator, limit: int | None) -> Iterator:
     for i, item in enumerate(batches):
         if limit is not None and i >= limit:
@@ -190,8 +221,7 @@ def train(
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with amp_context:
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                loss, logits = classification_loss(model, x, y, config)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -4,7 +4,8 @@ One ``Engine`` per worker process. ``run_batch`` is synchronous (callers run it 
 encodes each request (images are normalised then direct-encoded to ``[T, B, C, H, W]``; event
 recordings are binned to ``[T, B, 2, H, W]``), runs one forward under ``models.telemetry.record``
 when any request asks for telemetry, and answers softmax probabilities, top-k and per-request
-telemetry. Every neuron is reset after every batch, so no request ever sees another's state.
+telemetry. Requests that ask for early exit run step by step instead (``workers.early_exit``).
+Every neuron is reset after every batch, so no request ever sees another's state.
 A request that cannot be encoded, or that makes the network fail, gets an ``error`` in its own
 result; the others in the batch are answered normally.
 
@@ -32,7 +33,7 @@ from models.base import reset_state, set_backend, set_streaming
 from models.kernels.lif import eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
 from registry.manifest import Manifest
-from workers import metrics
+from workers import early_exit, metrics
 from workers.error_codec import encode_error
 from workers.errors import InferenceFailedError, InvalidInputError
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
@@ -348,6 +349,7 @@ class Engine:
 
         Options (T, kind, top-k) were checked by ``workers.options.check_options`` at the gateway."""
         manifest = loaded.manifest
+        early_exit.check(loaded, request)
         spec = manifest.input
         if spec.kind == "image":
             image = np.asarray(request.array, dtype=np.float32)
@@ -380,15 +382,20 @@ class Engine:
         x = self._batch_input(loaded, [array for _, array in items], steps)
         want_telemetry = any(request.telemetry != "none" for request in requests)
         model = loaded.module
-        forward = loaded.forward_for(steps)
+        # early exit runs one step at a time: what must be ready is the network at T=1
+        forward = loaded.forward_for(1 if requests[0].early_exit else steps)
+        eager = forward is None
         if forward is None:  # never compile in this thread: every other model's batches wait on it
-            self._prepare_later(loaded, steps)
+            self._prepare_later(loaded, 1 if requests[0].early_exit else steps)
             forward = loaded.run_eager
         assert forward is not None
         samples: list[dict[str, Any]] = []
+        steps_used: list[int] | None = None
         try:
             with torch.inference_mode():
-                if want_telemetry:
+                if requests[0].early_exit:
+                    logits, steps_used, samples = early_exit.run(loaded, x, requests, want_telemetry, eager)
+                elif want_telemetry:
                     with telemetry.record(model) as recorder:
                         logits = forward(x)
                     samples = [sample.as_dict(with_layers=True) for sample in recorder.report()]
@@ -409,6 +416,8 @@ class Engine:
             metrics.observe_telemetry(
                 name, [samples[i] for i, r in enumerate(requests) if r.telemetry != "none"]
             )
+        if steps_used is not None:
+            metrics.observe_exit_steps(name, steps_used)
         if self.device.type == "cuda":
             metrics.set_gpu_memory(str(self.device), torch.cuda.memory_allocated(self.device))
         labels = loaded.manifest.labels
@@ -436,6 +445,7 @@ class Engine:
                     compute_ms=compute_s * 1000.0,
                     batch_size=len(requests),
                     worker_id=self.worker_id,
+                    time_steps_used=None if steps_used is None else steps_used[i],
                 )
             )
         return results

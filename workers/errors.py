@@ -25,6 +25,12 @@ class InvalidInputError(SpikeserveError):
     code = "invalid_input"
 
 
+class EarlyExitUnsupportedError(SpikeserveError):
+    """Early exit asked of a network that attends across time (its output needs every step): 422."""
+
+    code = "early_exit_unsupported"
+
+
 class QueueFullError(SpikeserveError):
     """The model's queue is full; retry after ``retry_after_s``: HTTP 503 with Retry-After."""
 

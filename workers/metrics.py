@@ -48,6 +48,12 @@ SYNAPTIC_OPS = Counter("spikeserve_synaptic_ops_total", "Synaptic operations (SO
 ENERGY = Counter(
     "spikeserve_energy_joules_total", "Estimated energy (45 nm MAC/AC figures), summed.", ["model"]
 )
+EXIT_STEPS = Histogram(
+    "spikeserve_exit_time_steps",
+    "Time steps an early-exit request ran before its answer was confident enough (or T).",
+    ["model"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256),
+)
 MODELS_LOADED = Gauge("spikeserve_models_loaded", "Model versions loaded in this process.")
 GPU_MEMORY = Gauge("spikeserve_gpu_memory_bytes", "GPU memory allocated by torch.", ["device"])
 WORKER_BATCHES = Counter("spikeserve_worker_batches_total", "Batches run by a worker.", ["worker"])
@@ -104,6 +110,13 @@ def observe_telemetry(model: str, samples: Sequence[dict]) -> None:
             if child is None:
                 child = children[name] = SPIKE_RATE.labels(model, LAYER_LABELS.label(model, name))
             child.observe(layer["spike_rate"])
+
+
+def observe_exit_steps(model: str, steps_used: Iterable[int]) -> None:
+    """The steps each early-exit request of one batch ran."""
+    child = EXIT_STEPS.labels(model)
+    for steps in steps_used:
+        child.observe(steps)
 
 
 def set_models_loaded(count: int) -> None:

@@ -45,6 +45,9 @@ class InferenceRequest:
     ``kind == "events"``: structured events with fields x, y, t (microseconds), p.
     request_id: minted by the gateway (``new_request_id``), never a client's value: results are
     matched to their waiters by it, so two requests must never share one.
+    exit_threshold: None runs all T steps; a value in (0, 1] asks for early exit (the network runs
+    step by step and stops at the first step, not before ``min_steps``, where the top-1
+    probability of the accumulated output reaches it).
     """
 
     request_id: str
@@ -57,11 +60,18 @@ class InferenceRequest:
     top_k: int = 5
     deadline: float = field(default_factory=lambda: time.time() + 30.0)  # unix seconds
     enqueued_at: float = field(default_factory=time.time)
+    exit_threshold: float | None = None
+    min_steps: int = 1
 
     @property
-    def batch_key(self) -> tuple[str, int, int, str]:
-        """Requests with the same key can share one batch (same network, same T, same input kind)."""
-        return (self.model_name, self.model_version, self.time_steps, self.kind)
+    def early_exit(self) -> bool:
+        return self.exit_threshold is not None
+
+    @property
+    def batch_key(self) -> tuple[str, int, int, str, bool]:
+        """Requests with the same key can share one batch (same network, T and input kind, and all
+        or none exiting early: thresholds may differ within a batch, each sample has its own)."""
+        return (self.model_name, self.model_version, self.time_steps, self.kind, self.early_exit)
 
     def to_bytes(self) -> bytes:
         # fields() rather than asdict(): asdict deep-copies the array before we serialise it
@@ -88,7 +98,8 @@ class InferenceResult:
     """The worker's answer to one request. ``error`` is (code, message) when it failed.
 
     probabilities: every class, in label order (the v2 protocol returns them all).
-    telemetry: ``SampleTelemetry.as_dict`` output (layers only at level "layers"), or None.
+    telemetry: ``SampleTelemetry.as_dict`` output (layers only at level "layers"), or None; with
+    early exit, over the ``time_steps_used`` steps that ran (None when the request ran all T).
     """
 
     request_id: str
@@ -104,6 +115,7 @@ class InferenceResult:
     warnings: tuple[str, ...] = ()
     error: tuple[str, str] | None = None
     worker_id: str = ""
+    time_steps_used: int | None = None
 
     def to_bytes(self) -> bytes:
         return msgpack.packb(asdict(self), use_bin_type=True)

@@ -18,7 +18,7 @@ from service.decoding import decode_events, decode_image, decoded_bytes, fit_to_
 from service.schemas import ClassifyAnswer, ErrorAnswer, TelemetryQuery
 from service.state import get_state
 from service.uploads import read_upload
-from workers.options import check_options
+from workers.options import ExitQuery, check_options
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 # Routes return JSONResponse: the answer is plain JSON data already, and FastAPI's generic encoder
@@ -32,6 +32,14 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": ClassifyAnswer}, **_
 TimeStepsQuery = Query(None, ge=1, le=256, description="time steps T (default: the model's)")
 TopKQuery = Query(5, ge=1, le=1000, description="how many classes to return, most probable first")
 TelemetryLevelQuery = Query("summary", description="none | summary | layers (per-layer spike rates)")
+ExitModeQuery = Query(
+    None,
+    description="confidence: run step by step and answer at the first step where the top-1 probability "
+    "of the accumulated output reaches exit_threshold (default: all T steps)",
+)
+# Checked in workers.options with every other option, so v1 and v2 refuse them in the same words.
+ExitThresholdQuery = Query(None, description="early-exit confidence, (0, 1] (default: the model's, else 0.9)")
+MinStepsQuery = Query(None, description="early exit never stops before this step, 1..T (default 1)")
 
 
 @router.post("/v1/models/{ref}/classify", responses=_ANSWERS, name="classify")
@@ -41,12 +49,17 @@ async def classify(
     time_steps: int | None = TimeStepsQuery,
     top_k: int = TopKQuery,
     telemetry: TelemetryQuery = TelemetryLevelQuery,
+    exit: str | None = ExitModeQuery,
+    exit_threshold: float | None = ExitThresholdQuery,
+    min_steps: int | None = MinStepsQuery,
 ) -> JSONResponse:
     """Classify one image: the raw body (image/png, image/jpeg, application/x-npy) or multipart ``file``."""
     started = time.perf_counter()
     state = get_state(request)
     manifest = inference.resolve(state, request, ref)
-    options = check_options(manifest, "image", time_steps, top_k, telemetry, f"POST /v1/models/{ref}/events")
+    exit_query = ExitQuery(exit, exit_threshold, min_steps)
+    hint = f"POST /v1/models/{ref}/events"
+    options = check_options(manifest, "image", time_steps, top_k, telemetry, hint, exit_query)
     assert isinstance(manifest.input, ImageInput)  # check_options made sure
     data, content_type = await read_upload(request)
     settings = state.settings
@@ -75,6 +88,9 @@ async def classify_events(
     time_steps: int | None = TimeStepsQuery,
     top_k: int = TopKQuery,
     telemetry: TelemetryQuery = TelemetryLevelQuery,
+    exit: str | None = ExitModeQuery,
+    exit_threshold: float | None = ExitThresholdQuery,
+    min_steps: int | None = MinStepsQuery,
     format: str | None = Query(
         None, description="aedat4 | nmnist | npy | aedat3 | aedat2 (default: content type, then magic bytes)"
     ),
@@ -88,9 +104,9 @@ async def classify_events(
     started = time.perf_counter()
     state = get_state(request)
     manifest = inference.resolve(state, request, ref)
-    options = check_options(
-        manifest, "events", time_steps, top_k, telemetry, f"POST /v1/models/{ref}/classify"
-    )
+    exit_query = ExitQuery(exit, exit_threshold, min_steps)
+    hint = f"POST /v1/models/{ref}/classify"
+    options = check_options(manifest, "events", time_steps, top_k, telemetry, hint, exit_query)
     spec = manifest.input
     assert isinstance(spec, EventInput)  # check_options made sure
     data, content_type = await read_upload(request)

@@ -5,8 +5,10 @@
 - ``GET /v2/models/{name}[/versions/{v}]``: model metadata; ``.../ready``: 200 when it can infer.
 - ``POST /v2/models/{name}[/versions/{v}]/infer``: one FP32 input named ``input``, an image scaled to
   [0, 1] (before the model's normalisation), shape [C, H, W] or [B, C, H, W]; the answer's output
-  ``probabilities`` is FP32 [B, classes]. Request ``parameters`` may set ``time_steps`` and
-  ``telemetry`` (none | summary | layers); telemetry comes back in the answer's ``parameters``.
+  ``probabilities`` is FP32 [B, classes]. Request ``parameters`` may set ``time_steps``,
+  ``telemetry`` (none | summary | layers) and early exit (``exit`` = "confidence",
+  ``exit_threshold``, ``min_steps``, as the v1 query); telemetry and ``time_steps_used`` (one per
+  image) come back in the answer's ``parameters``.
 
 Model versions are strings in this protocol; ``{name}`` alone resolves like ``/v1`` (the
 ``production`` alias, else the latest version). Errors are ``{"error": "<message>", "code"}``.
@@ -36,7 +38,7 @@ from service.metrics import label_model
 from service.schemas import V2InferRequest
 from service.state import ServiceState, get_state
 from workers.errors import InvalidInputError
-from workers.options import check_options
+from workers.options import ExitQuery, check_options
 from workers.protocol import InferenceResult
 
 router = APIRouter(tags=["open inference protocol (v2)"])
@@ -173,6 +175,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         _int_parameter(parameters, "time_steps"),
         len(manifest.labels) or 1,
         _telemetry(parameters),
+        exit=_exit(parameters),
     )
     images = await anyio.to_thread.run_sync(
         _images, payload, raw_inputs, manifest, state.settings.max_images_per_request
@@ -195,6 +198,8 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         ],
     }
     out_parameters: dict[str, Any] = {"time_steps": options.time_steps}
+    if options.exit_threshold is not None:
+        out_parameters["time_steps_used"] = [result.time_steps_used for result in results]
     if options.telemetry != "none":
         out_parameters["telemetry"] = [result.telemetry for result in results]
     answer["parameters"] = out_parameters
@@ -228,6 +233,18 @@ def _int_parameter(parameters: dict[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInputError(f"parameter {key} must be an integer, got {value!r}")
     return value
+
+
+def _exit(parameters: dict[str, Any]) -> ExitQuery:
+    mode = parameters.get("exit")
+    if mode is not None and not isinstance(mode, str):
+        raise InvalidInputError(f"parameter exit must be the string 'confidence', got {mode!r}")
+    threshold = parameters.get("exit_threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+        raise InvalidInputError(f"parameter exit_threshold must be a number, got {threshold!r}")
+    return ExitQuery(
+        mode, None if threshold is None else float(threshold), _int_parameter(parameters, "min_steps")
+    )
 
 
 def _telemetry(parameters: dict[str, Any]) -> str:

@@ -79,3 +79,17 @@ def test_time_steps_and_inputs_validate():
         EventInput(sensor_width=34, sensor_height=34, binning="time_window")
     spec = _manifest(input={"kind": "events", "sensor_width": 128, "sensor_height": 128}).input
     assert isinstance(spec, EventInput)
+
+
+def test_early_exit_is_optional_and_checked() -> None:
+    from registry.manifest import EarlyExit
+
+    assert EarlyExit().threshold == 0.9 and EarlyExit().supported
+    with pytest.raises(ValueError):
+        EarlyExit(threshold=0.0)
+    with pytest.raises(ValueError):
+        EarlyExit(threshold=1.2)
+    with pytest.raises(ValueError):
+        EarlyExit(min_steps=0)
+    refused = EarlyExit(supported=False, reason="attends across time")
+    assert EarlyExit.model_validate_json(refused.model_dump_json()) == refused

@@ -11,6 +11,7 @@ import torch
 from registry.registry import Registry
 from service.cli import main
 from training import datasets, recipes
+from training.early_exit import THRESHOLD_GRID
 from training.pipelines import Augment
 from training.recipes import Recipe
 from training.run import PRODUCTION_ALIAS, run_recipe
@@ -82,6 +83,31 @@ def test_eval_with_telemetry_prints_spike_rate_and_energy(registered, capsys) ->
     assert main(["eval", "tiny-mnist:1", "--registry", str(root), "--dataset", "mnist5k", "--telemetry"]) == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "spike rate" in out and "uJ" in out
+
+
+def test_the_manifest_carries_the_early_exit_default_chosen_on_validation(registered) -> None:
+    _, outcome = registered
+    early_exit = outcome.manifest.early_exit
+    assert early_exit is not None and early_exit.supported
+    assert early_exit.threshold in THRESHOLD_GRID
+    assert outcome.manifest.tags["loss"] == "mean"
+
+
+def test_eval_with_exit_thresholds_reports_each_against_all_steps(registered, capsys) -> None:
+    root, outcome = registered
+    args = ["eval", "tiny-mnist", "--registry", str(root), "--dataset", "mnist5k", "--json"]
+    assert main([*args, "--exit-threshold", "0.000001", "1.0"]) == 0
+    full, eager, never = json.loads(capsys.readouterr().out)["reports"]
+    assert full["threshold"] is None and full["mean_steps"] == 2 and full["steps_histogram"] == [0, 20]
+    assert full["accuracy"] == pytest.approx(outcome.test_accuracy)
+    assert eager["mean_steps"] == 1 and eager["steps_histogram"] == [20, 0]
+    assert eager["energy_uj"] < full["energy_uj"]
+    assert never["steps_histogram"][-1] >= 1 and never["n"] == 20
+    assert main([*args[:-1], "--exit-threshold", "0.5", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "mean steps" in out and "off" in out and "0.9" in out
+    with pytest.raises(SystemExit):
+        main([*args, "--exit-threshold", "1.5"])
 
 
 def test_eval_errors_are_one_line_and_exit_1(registered, capsys) -> None:

@@ -7,11 +7,19 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import create_model
 from training.datasets import MNIST_MEAN, MNIST_STD, mnist5k
 from training.pipelines import Augment, ImagePipeline
-from training.trainer import TrainConfig, accuracy, cosine_with_warmup, seed_everything, train
+from training.trainer import (
+    TrainConfig,
+    accuracy,
+    classification_loss,
+    cosine_with_warmup,
+    seed_everything,
+    train,
+)
 
 TINY = {"num_classes": 10, "in_channels": 1, "stem": "small", "base_width": 4}
 
@@ -85,3 +93,37 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert factor(100) == pytest.approx(0.01)
     values = [factor(s) for s in range(10, 101)]
     assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_the_per_step_loss_is_cross_entropy_on_every_step_output() -> None:
+    torch.manual_seed(0)
+    model = tiny_model()
+    x, y = torch.rand((3, 5, 1, 28, 28)), torch.tensor([0, 1, 2, 3, 4])
+    config = TrainConfig(epochs=1, loss="per_step", label_smoothing=0.1)
+    with torch.no_grad():
+        loss, logits = classification_loss(model, x, y, config)
+        model.reset_state()
+        outputs = model.forward_steps(x)
+        model.reset_state()
+        mean_loss, _ = classification_loss(model, x, y, TrainConfig(epochs=1, label_smoothing=0.1))
+    per_step = [F.cross_entropy(outputs[t], y, label_smoothing=0.1) for t in range(3)]
+    assert float(loss) == pytest.approx(float(sum(per_step) / 3), rel=1e-5)
+    torch.testing.assert_close(logits, outputs.mean(0))
+    mean_loss, _ = classification_loss(model, x, y, TrainConfig(epochs=1, label_smoothing=0.1))
+    assert float(mean_loss) == pytest.approx(
+        float(F.cross_entropy(outputs.mean(0), y, label_smoothing=0.1)), rel=1e-5
+    )
+    assert float(mean_loss) != pytest.approx(float(loss))
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainConfig(epochs=1, loss="last")  # type: ignore[arg-type]
+
+
+def test_the_per_step_loss_trains_and_needs_forward_steps(data) -> None:
+    train_data, val_data = data
+    seed_everything(0)
+    config = TrainConfig(epochs=1, batch_size=16, max_batches=2, loss="per_step", seed=0)
+    result = train(tiny_model(), train_data, val_data, config, progress=False, log=lambda _: None)
+    assert math.isfinite(result.history[0].train_loss)
+    no_steps = create_model("spikeformer_mnist", num_classes=10)
+    with pytest.raises(ValueError, match="forward_steps"):
+        classification_loss(no_steps, torch.rand((2, 1, 1, 28, 28)), torch.tensor([0]), config)
