@@ -4,7 +4,7 @@ Importing this package registers every architecture family, so ``create_model`` 
 ``list_models`` see them all. Nothing here imports from registry/, workers/ or service/.
 """
 
-from models import danet, spikeformer  # noqa: F401  (registers the architectures)
+from models import danet, nir_graph, spikeformer  # noqa: F401  (registers the architectures)
 from models._registry import create_model, default_input, list_models, register_model
 from models.base import SpikingModel, reset_state, set_backend, set_streaming
 

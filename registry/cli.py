@@ -1,5 +1,6 @@
 """``spikeserve registry ...``: list, show, register, alias, unalias, delete, verify, gc, export, import,
-and the foreign formats of ``registry/importers`` (import-spikingjelly, import-spikeformer).
+and the foreign formats of ``registry/importers`` (import-spikingjelly, import-spikeformer,
+import-nir, export-nir).
 
 The registry folder is ``--registry PATH``, else ``$SPIKESERVE_REGISTRY``, else ``./zoo``. Output is a
 table for people, or JSON with ``--json``. Errors are one line on stderr and exit status 1.

@@ -1,4 +1,4 @@
-"""``spikeserve registry import-spikingjelly | import-spikeformer``.
+"""``spikeserve registry import-spikingjelly | import-spikeformer | import-nir | export-nir``.
 
 Added to the ``registry`` command by ``registry/cli.py``; torch (and nir) load only when one of
 these runs. The flags every import shares say what a foreign checkpoint does not: the model name,
@@ -56,6 +56,20 @@ def add_import_commands(action: AddAction) -> None:
         help="PLIF_spikeformer_7_5x3x1 | PLIF_spikeformer_7_3x2x3 | PLIAF_spikeformer_7_3x2x4 (or our names)",
     )
     _destination_flags(sf, default_steps=None)
+
+    nir_in = action("import-nir", _import_nir, "register a NIR graph (.nir) as a network of our neurons")
+    nir_in.add_argument("file", type=Path, help="the .nir (HDF5) file")
+    nir_in.add_argument(
+        "--dt", type=float, default=1e-4, help="the simulation step in seconds (default 1e-4)"
+    )
+    _destination_flags(nir_in, default_steps=4)
+
+    nir_out = action("export-nir", _export_nir, "write a DANet version as a NIR graph (BN folded)")
+    nir_out.add_argument("ref", help="name, name:N or name@alias")
+    nir_out.add_argument("file", type=Path, help="the .nir file to write")
+    nir_out.add_argument(
+        "--dt", type=float, default=1e-4, help="the simulation step in seconds (default 1e-4)"
+    )
 
 
 def _destination_flags(parser: argparse.ArgumentParser, default_steps: int | None) -> None:
@@ -145,3 +159,26 @@ def _import_spikeformer(registry: Registry, args: argparse.Namespace) -> int:
     destination = _destination(args, default_input, max_steps=max_steps)
     manifest = import_spikeformer_authors(registry, args.file, config_name=args.arch, destination=destination)
     return _report(args, manifest)
+
+
+def _import_nir(registry: Registry, args: argparse.Namespace) -> int:
+    from registry.importers.nir_import import default_input_spec, import_nir
+
+    manifest = import_nir(
+        registry,
+        args.file,
+        dt=args.dt,
+        destination_for=lambda shape: _destination(args, default_input_spec(shape)),
+    )
+    return _report(args, manifest)
+
+
+def _export_nir(registry: Registry, args: argparse.Namespace) -> int:
+    from registry.importers.nir_export import export_nir
+
+    manifest = export_nir(registry, args.ref, args.file, dt=args.dt)
+    if getattr(args, "json", False):
+        print(json.dumps({"exported": manifest.ref, "file": str(args.file)}))
+    else:
+        print(f"exported {manifest.ref} to {args.file} (NIR)")
+    return 0
