@@ -15,8 +15,8 @@ What is counted (docs/MODELS.md has the rule per layer kind):
 - a synaptic layer fed by real values (the encoding layer, projections after a LayerNorm, a
   classifier after average pooling, LIAF outputs, attention products) does MACs;
 - energy = E_MAC x MACs + E_AC x exact SOPs, with 45 nm figures (Horowitz, ISSCC 2014): 4.6 pJ a
-  32-bit float MAC, 0.9 pJ an accumulate; ``ann_energy_uj`` is the same network run as an ANN
-  (every layer's MACs at E_MAC), the figure SNN papers compare against.
+  32-bit float MAC, 0.9 pJ an accumulate; ``ann_energy_uj`` is an ANN of the same shape run once
+  (every layer's MACs of one time step at E_MAC), the figure SNN papers compare against.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class _SpikeTally:
 class _SynapseTally:
     analog_input: bool
     macs: int = 0  # per sample, summed over time steps
+    time_steps: int = 0
     synaptic_ops: torch.Tensor | None = None  # [B] float64, exact
     synaptic_ops_nominal: torch.Tensor | None = None  # [B] float64, rate x T x MACs
 
@@ -113,7 +114,8 @@ class SampleTelemetry:
     """A whole network's activity for one sample (one request).
 
     ``macs`` counts the MACs done on real values (charged at E_MAC); ``dense_macs`` every layer's
-    MACs, as an ANN of the same shape would run them (``ann_energy_uj`` = E_MAC x dense_macs).
+    MACs over all its steps. ``ann_energy_uj``: E_MAC x the MACs of one step of every layer, what an
+    ANN of the same shape spends on one forward.
     """
 
     spike_rate: float
@@ -197,6 +199,7 @@ class TelemetryRecorder:
         analog = synaptic_ops is None
         tally = self._synapses.setdefault(self._name(module), _SynapseTally(analog_input=analog))
         tally.macs += macs_per_step * time_steps
+        tally.time_steps += time_steps
         if synaptic_ops is not None:
             exact = synaptic_ops.exact.detach().to(torch.float64)
             nominal = synaptic_ops.nominal.detach().to(torch.float64)
@@ -243,6 +246,7 @@ class TelemetryRecorder:
                 work.append((name, "events", synapse.macs, exact, nominal, E_AC_PJ * exact))
         energy_pj = sum(entry[5] for entry in work)
         dense_macs = float(sum(entry[2] for entry in work))
+        one_step_macs = sum(t.macs / t.time_steps for t in self._synapses.values() if t.time_steps)
         synaptic_layers = tuple(
             SynapticLayerTelemetry(
                 name, kind, float(macs), exact, nominal, pj * 1e-6, pj / energy_pj if energy_pj else 0.0
@@ -257,7 +261,7 @@ class TelemetryRecorder:
             macs=float(sum(entry[2] for entry in work if entry[1] == "real")),
             dense_macs=dense_macs,
             energy_uj=energy_pj * 1e-6,
-            ann_energy_uj=E_MAC_PJ * dense_macs * 1e-6,
+            ann_energy_uj=E_MAC_PJ * one_step_macs * 1e-6,
             layers=tuple(layers),
             synaptic_layers=synaptic_layers,
         )

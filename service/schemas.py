@@ -56,9 +56,9 @@ class TelemetryOut(BaseModel):
     synaptic_ops: float = Field(description="exact: each input event times the outputs it reaches")
     synaptic_ops_nominal: float = Field(description="the papers' convention: event rate x T x MACs")
     macs: float = Field(description="MACs on real values (charged at E_MAC)")
-    dense_macs: float = Field(description="every layer's MACs, as an ANN of the same shape runs them")
+    dense_macs: float = Field(description="every layer's MACs, over all its time steps")
     energy_uj: float = Field(description="E_MAC x macs + E_AC x synaptic_ops")
-    ann_energy_uj: float = Field(description="E_MAC x dense_macs: the same network as an ANN")
+    ann_energy_uj: float = Field(description="E_MAC x one step's MACs: an ANN of the same shape, run once")
     layers: list[LayerOut] | None = None
     synaptic_layers: list[SynapticLayerOut] | None = None
 

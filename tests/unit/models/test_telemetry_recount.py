@@ -104,8 +104,9 @@ class Recount:
                 exact, nominal, macs = recount(module, x)
                 events = is_event_input(x)
             entry = self.synapses.setdefault(
-                name, {"events": events, "silent": True, "exact": 0, "nominal": 0, "macs": 0}
+                name, {"events": events, "silent": True, "exact": 0, "nominal": 0, "macs": 0, "steps": 0}
             )
+            entry["steps"] += 1 if isinstance(module, AttentionPoolHead) else x.shape[0]
             entry["silent"] = entry["silent"] and not bool(x.any())
             entry["macs"] += macs
             if events:
@@ -164,6 +165,9 @@ def assert_matches(samples: list[telemetry.SampleTelemetry], recount: Recount) -
         assert sample.synaptic_ops_nominal == pytest.approx(nominal, rel=1e-6)
         assert sample.macs == real_macs
         assert sample.energy_uj == pytest.approx((4.6 * real_macs + 0.9 * exact) * 1e-6, rel=1e-6)
+        steps = {name: e["steps"] for name, e in recount.synapses.items()}
+        one_step = sum(e["macs"] / steps[name] for name, e in recount.synapses.items())
+        assert sample.ann_energy_uj == pytest.approx(4.6 * one_step * 1e-6, rel=1e-9)
         shares = [layer.energy_share for layer in sample.synaptic_layers]
         assert sum(shares) == pytest.approx(1.0) if sample.energy_uj else all(s == 0 for s in shares)
 
