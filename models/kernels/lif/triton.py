@@ -29,27 +29,38 @@ import torch
 import triton
 import triton.language as tl
 
-# Programs of the interpreter run one after another in Python: fewer, wider blocks keep it fast.
-_INTERPRET_BLOCK = 1 << 14
-_MAX_GRID_Y = 65535  # CUDA's limit on the grid's second axis, one program row per sample
+# Programs of the interpreter run one after another in Python: fewer, wider tiles keep it fast.
+_INTERPRET_TILE = 1 << 14
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Features per program and warps per program. ``for_features`` picks them; benches override."""
+    """A program's tile, ``rows`` samples x ``block`` features, and its warps.
+
+    ``for_shape`` picks them; benches override. Wide layers get one sample a program and ``block``
+    features; narrow ones (F of 1 to 64, a classifier or a small head) stack several samples in one
+    tile, so a program still moves about a thousand elements instead of a handful. The grid is
+    flat (programs = row tiles x feature tiles), so any batch size runs in one launch.
+    """
 
     block: int
     num_warps: int
+    rows: int = 1
 
     @staticmethod
-    def for_features(features: int, element_size: int) -> LaunchConfig:
+    def for_shape(batch: int, features: int, element_size: int) -> LaunchConfig:
+        # 8 elements a thread on a GPU: 16-byte loads for 16-bit inputs, two for float32.
+        tile = _INTERPRET_TILE if interpreting() else (2048 if element_size <= 2 else 1024)
+        block = min(triton.next_power_of_2(max(features, 1)), tile)
+        rows = min(max(1, tile // block), triton.next_power_of_2(max(batch, 1)))
         if interpreting():
-            return LaunchConfig(min(triton.next_power_of_2(max(features, 1)), _INTERPRET_BLOCK), 1)
-        # 8 elements a thread: 16-byte loads for 16-bit inputs, two for float32.
-        cap = 2048 if element_size <= 2 else 1024
-        block = min(max(triton.next_power_of_2(features), 128), cap)
-        return LaunchConfig(block, max(1, min(8, block // 256)))
+            return LaunchConfig(block, 1, rows)
+        return LaunchConfig(block, max(1, min(8, rows * block // 256)), rows)
+
+    def programs(self, batch: int, features: int) -> tuple[int, int]:
+        """(row tiles, feature tiles) of a [B, F] problem."""
+        return triton.cdiv(batch, self.rows), triton.cdiv(features, self.block)
 
 
 def _compute_dtype(dtype: torch.dtype) -> tl.dtype:
@@ -80,6 +91,7 @@ def _lif_fwd_kernel(
     stride_vf,
     T: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     COMPUTE: tl.constexpr,
     SOFT_RESET: tl.constexpr,
     DECAY_INPUT: tl.constexpr,
@@ -89,41 +101,47 @@ def _lif_fwd_kernel(
     STORE_H: tl.constexpr,
     COUNT: tl.constexpr,
 ):
-    # One program: BLOCK features of sample i_b, all T steps.
-    i_f = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
+    # One program: a tile of ROWS samples x BLOCK features, all T steps. The grid is flat.
+    i_p = tl.program_id(0)
+    n_f_tiles = tl.cdiv(n_feat, BLOCK)
+    i_b, i_f = i_p // n_f_tiles, i_p % n_f_tiles
+    o_b = (i_b * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     o_f = (i_f * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    m_f = o_f < n_feat
+    m_b = o_b < n_batch
+    m = m_b[:, None] & (o_f < n_feat)[None, :]
     # [] scalar 1/tau
     b_k = tl.load(p_inv_tau).to(COMPUTE)
     if HAS_V0:
-        # [BLOCK] initial membrane of this sample
-        b_v = tl.load(p_v0 + i_b * stride_vb + o_f * stride_vf, mask=m_f, other=0.0).to(COMPUTE)
+        # [ROWS, BLOCK] initial membrane of these samples
+        p_v0_tile = p_v0 + o_b[:, None] * stride_vb + o_f[None, :] * stride_vf
+        b_v = tl.load(p_v0_tile, mask=m, other=0.0).to(COMPUTE)
     else:
-        b_v = tl.zeros([BLOCK], dtype=COMPUTE) + v_rest
-    b_count = tl.zeros([BLOCK], dtype=tl.int32)
-    p_x_b = p_x + i_b * stride_xb + o_f * stride_xf
+        b_v = tl.zeros([ROWS, BLOCK], dtype=COMPUTE) + v_rest
+    b_count = tl.zeros([ROWS, BLOCK], dtype=tl.int32)
+    p_x_tile = p_x + o_b[:, None] * stride_xb + o_f[None, :] * stride_xf
+    o_tile = o_b[:, None] * n_feat + o_f[None, :]  # [ROWS, BLOCK] offsets in a [B, F] plane
     for t in tl.static_range(T):
-        # [BLOCK] input of step t
-        b_x = tl.load(p_x_b + t * stride_xt, mask=m_f, other=0.0).to(COMPUTE)
+        # [ROWS, BLOCK] input of step t
+        b_x = tl.load(p_x_tile + t * stride_xt, mask=m, other=0.0).to(COMPUTE)
         # H[t], in the reference's order of operations (bit-exact in float32)
         if DECAY_INPUT:  # one branch is compiled; a ternary would read worse
             b_h = b_v + (b_x - (b_v - v_rest)) * b_k
         else:
             b_h = b_v - (b_v - v_rest) * b_k + b_x
         b_fire = b_h >= v_threshold
-        o_out = (t * n_batch + i_b) * n_feat + o_f
+        o_out = t * n_batch * n_feat + o_tile
         b_out = tl.maximum(b_h, 0.0) if ANALOG else b_fire.to(COMPUTE)
-        tl.store(p_out + o_out, b_out.to(p_out.dtype.element_ty), mask=m_f)
+        tl.store(p_out + o_out, b_out.to(p_out.dtype.element_ty), mask=m)
         if STORE_H:
-            tl.store(p_h + o_out, b_h, mask=m_f)
+            tl.store(p_h + o_out, b_h, mask=m)
         if COUNT:
-            b_count += (b_fire & m_f).to(tl.int32)
+            b_count += (b_fire & m).to(tl.int32)
         b_v = b_h - v_threshold * b_fire.to(COMPUTE) if SOFT_RESET else tl.where(b_fire, v_rest, b_h)
     if STORE_V:
-        tl.store(p_v_last + i_b * n_feat + o_f, b_v, mask=m_f)
+        tl.store(p_v_last + o_tile, b_v, mask=m)
     if COUNT:
-        tl.atomic_add(p_count + i_b, tl.sum(b_count, axis=0).to(tl.int64))
+        # one atomic add per sample of the tile
+        tl.atomic_add(p_count + o_b, tl.sum(b_count, axis=1).to(tl.int64), mask=m_b)
 
 
 @triton.jit
@@ -150,6 +168,7 @@ def _lif_bwd_kernel(
     stride_vf,
     T: tl.constexpr,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     COMPUTE: tl.constexpr,
     SOFT_RESET: tl.constexpr,
     DECAY_INPUT: tl.constexpr,
@@ -160,33 +179,40 @@ def _lif_bwd_kernel(
     STORE_GRAD_V0: tl.constexpr,
     GRAD_TAU: tl.constexpr,
 ):
-    i_f = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
+    # The forward's tiling: ROWS samples x BLOCK features a program, on a flat grid.
+    i_p = tl.program_id(0)
+    n_f_tiles = tl.cdiv(n_feat, BLOCK)
+    i_b, i_f = i_p // n_f_tiles, i_p % n_f_tiles
+    o_b = (i_b * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     o_f = (i_f * BLOCK + tl.arange(0, BLOCK)).to(tl.int64)
-    m_f = o_f < n_feat
+    m = (o_b < n_batch)[:, None] & (o_f < n_feat)[None, :]
+    o_tile = o_b[:, None] * n_feat + o_f[None, :]  # [ROWS, BLOCK] offsets in a [B, F] plane
+    plane = n_batch * n_feat
     b_k = tl.load(p_inv_tau).to(COMPUTE)
     if HAS_V0:
-        b_v0 = tl.load(p_v0 + i_b * stride_vb + o_f * stride_vf, mask=m_f, other=0.0).to(COMPUTE)
+        p_v0_tile = p_v0 + o_b[:, None] * stride_vb + o_f[None, :] * stride_vf
+        b_v0 = tl.load(p_v0_tile, mask=m, other=0.0).to(COMPUTE)
     else:
-        b_v0 = tl.zeros([BLOCK], dtype=COMPUTE) + v_rest
+        b_v0 = tl.zeros([ROWS, BLOCK], dtype=COMPUTE) + v_rest
     # dL/dV[t] flowing back from step t+1 (from the final-V gradient at t = T-1)
     if HAS_GRAD_V:
-        b_carry = tl.load(p_grad_v_last + i_b * stride_lb + o_f * stride_lf, mask=m_f, other=0.0)
-        b_carry = b_carry.to(COMPUTE)
+        p_last_tile = p_grad_v_last + o_b[:, None] * stride_lb + o_f[None, :] * stride_lf
+        b_carry = tl.load(p_last_tile, mask=m, other=0.0).to(COMPUTE)
     else:
-        b_carry = tl.zeros([BLOCK], dtype=COMPUTE)
-    b_grad_k = tl.zeros([BLOCK], dtype=COMPUTE)
-    # [BLOCK] H[T-1]; each step loads H[t-1] once and hands it on as the next step's H[t]
-    b_h = tl.load(p_h + ((T - 1) * n_batch + i_b) * n_feat + o_f, mask=m_f, other=0.0)
+        b_carry = tl.zeros([ROWS, BLOCK], dtype=COMPUTE)
+    b_grad_k = tl.zeros([ROWS, BLOCK], dtype=COMPUTE)
+    # [ROWS, BLOCK] H[T-1]; each step loads H[t-1] once and hands it on as the next step's H[t]
+    b_h = tl.load(p_h + (T - 1) * plane + o_tile, mask=m, other=0.0)
     # Both names live outside the branches below, so that the kernel compiles whether the
     # compiler treats `t > 0` as a constant (unrolled loop) or as a run-time branch.
     b_h_prev = b_h
     b_v_prev = b_v0
+    p_grad_out_tile = p_grad_out + o_b[:, None] * stride_gb + o_f[None, :] * stride_gf
     for i in tl.static_range(T):
         t = T - 1 - i
         b_v_prev = b_v0
         if t > 0:
-            b_h_prev = tl.load(p_h + ((t - 1) * n_batch + i_b) * n_feat + o_f, mask=m_f, other=0.0)
+            b_h_prev = tl.load(p_h + (t - 1) * plane + o_tile, mask=m, other=0.0)
             if SOFT_RESET:
                 b_v_prev = b_h_prev - v_threshold * (b_h_prev >= v_threshold).to(COMPUTE)
             else:
@@ -196,19 +222,17 @@ def _lif_bwd_kernel(
         # dV[t]/dH[t] through the reset
         if SOFT_RESET:
             if DETACH_RESET:
-                b_dv_dh = tl.zeros([BLOCK], dtype=COMPUTE) + 1.0
+                b_dv_dh = tl.zeros([ROWS, BLOCK], dtype=COMPUTE) + 1.0
             else:
                 b_dv_dh = 1.0 - v_threshold * b_surrogate
         else:
             b_dv_dh = tl.where(b_h >= v_threshold, 0.0, 1.0).to(COMPUTE)
             if not DETACH_RESET:
                 b_dv_dh += (v_rest - b_h) * b_surrogate
-        # [BLOCK] dL/dout[t]
-        p_grad_out_t = p_grad_out + t * stride_gt + i_b * stride_gb + o_f * stride_gf
-        b_grad_out = tl.load(p_grad_out_t, mask=m_f, other=0.0).to(COMPUTE)
+        # [ROWS, BLOCK] dL/dout[t]
+        b_grad_out = tl.load(p_grad_out_tile + t * stride_gt, mask=m, other=0.0).to(COMPUTE)
         b_grad_h = tl.where(b_h > 0.0, b_grad_out, 0.0) if ANALOG else b_grad_out * b_surrogate
         b_grad_h += b_carry * b_dv_dh
-        o_x = (t * n_batch + i_b) * n_feat + o_f
         if DECAY_INPUT:
             b_grad_x = b_grad_h * b_k
             if GRAD_TAU:
@@ -218,14 +242,15 @@ def _lif_bwd_kernel(
             b_grad_x = b_grad_h
             if GRAD_TAU:
                 b_grad_k -= b_grad_h * (b_v_prev - v_rest)
-        tl.store(p_grad_x + o_x, b_grad_x.to(p_grad_x.dtype.element_ty), mask=m_f)
+        tl.store(p_grad_x + t * plane + o_tile, b_grad_x.to(p_grad_x.dtype.element_ty), mask=m)
         b_carry = b_grad_h * (1.0 - b_k)
         if t > 0:
             b_h = b_h_prev
     if STORE_GRAD_V0:
-        tl.store(p_grad_v0 + i_b * n_feat + o_f, b_carry, mask=m_f)
+        tl.store(p_grad_v0 + o_tile, b_carry, mask=m)
     if GRAD_TAU:
-        tl.store(p_grad_tau + i_b * tl.num_programs(0) + i_f, tl.sum(b_grad_k, axis=0))
+        # one partial sum per program, reduced by the caller
+        tl.store(p_grad_tau + i_p, tl.sum(tl.sum(b_grad_k, axis=1), axis=0))
 
 
 def interpreting() -> bool:
@@ -282,13 +307,12 @@ def lif_forward(
         if v_last is not None:
             v_last.copy_(v_init if v_init is not None else torch.full_like(v_last, _rest(v_reset)))
         return out, v_last, h, count
-    if batch > _MAX_GRID_Y:
-        raise ValueError(f"the LIF kernel runs at most {_MAX_GRID_Y} samples per launch, got B={batch}")
     if v_init is not None and tuple(v_init.shape) != (batch, features):
         raise ValueError(f"v_init must be [B, F] = {(batch, features)}, got {tuple(v_init.shape)}")
-    cfg = config or LaunchConfig.for_features(features, x.element_size())
+    cfg = config or LaunchConfig.for_shape(batch, features, x.element_size())
+    row_tiles, feature_tiles = cfg.programs(batch, features)
     # Unused pointers still need a tensor argument; x stands in for them.
-    _lif_fwd_kernel[(triton.cdiv(features, cfg.block), batch)](
+    _lif_fwd_kernel[(row_tiles * feature_tiles,)](
         x,
         out,
         v_init if v_init is not None else x,
@@ -307,6 +331,7 @@ def lif_forward(
         v_init.stride(1) if v_init is not None else 0,
         T=steps,
         BLOCK=cfg.block,
+        ROWS=cfg.rows,
         COMPUTE=_compute_dtype(x.dtype),
         SOFT_RESET=v_reset is None,
         DECAY_INPUT=decay_input,
@@ -355,10 +380,11 @@ def lif_backward(
         if grad_v0 is not None:
             grad_v0.copy_(grad_v if grad_v is not None else torch.zeros_like(grad_v0))
         return grad_x, grad_v0, zero_tau
-    cfg = config or LaunchConfig.for_features(features, grad_out.element_size())
-    programs = triton.cdiv(features, cfg.block)
-    grad_tau = torch.empty((batch, programs), dtype=compute, device=h.device) if need_grad_inv_tau else None
-    _lif_bwd_kernel[(programs, batch)](
+    cfg = config or LaunchConfig.for_shape(batch, features, grad_out.element_size())
+    row_tiles, feature_tiles = cfg.programs(batch, features)
+    programs = row_tiles * feature_tiles
+    grad_tau = torch.empty(programs, dtype=compute, device=h.device) if need_grad_inv_tau else None
+    _lif_bwd_kernel[(programs,)](
         grad_out,
         grad_v if grad_v is not None else h,
         h,
@@ -381,6 +407,7 @@ def lif_backward(
         v_init.stride(1) if v_init is not None else 0,
         T=steps,
         BLOCK=cfg.block,
+        ROWS=cfg.rows,
         COMPUTE=_compute_dtype(compute),
         SOFT_RESET=v_reset is None,
         DECAY_INPUT=decay_input,

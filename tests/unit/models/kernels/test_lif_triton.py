@@ -29,7 +29,7 @@ from models import telemetry  # noqa: E402  (after the interpreter choice above)
 from models.kernels.lif import BackendUnavailableError, multistep_lif  # noqa: E402
 from models.kernels.lif.reference import LIFResult  # noqa: E402
 from models.kernels.lif.reference import multistep_lif as reference  # noqa: E402
-from models.neurons import LIAF, PLIF  # noqa: E402
+from models.neurons import LIAF, LIF, PLIF  # noqa: E402
 
 
 def _interpreter_active() -> bool:
@@ -110,6 +110,56 @@ def test_one_large_odd_layer(device: str) -> None:
     x = _input((3, 1, 1000003), device, seed=1)
     got = multistep_lif(x, backend="triton", inv_tau=0.5, return_v=True, count_spikes=True)
     assert_lif_equal(got, reference(x, inv_tau=0.5, return_v=True, count_spikes=True), "N=1000003")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_any_batch_size_runs_in_one_call(device: str) -> None:
+    # [3, 100003] through a layer is T=3, B=100003, F=1: more samples than CUDA's second grid axis
+    # holds (65535), and a feature size of one.
+    x = _input((3, 100003), device, seed=16)
+    neuron = LIF(backend="triton")
+    with telemetry.record(neuron) as recorder:
+        got = neuron(x)
+    assert torch.equal(got, reference(x.reshape(3, 100003, 1), inv_tau=0.5).out.reshape(3, 100003))
+    counts = [sample.spikes for sample in recorder.report()]
+    assert counts == reference(x.reshape(3, 100003, 1), inv_tau=0.5, count_spikes=True).spike_count.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("features", [1, 3, 17, 64])
+def test_narrow_layers_match_the_reference(device: str, features: int) -> None:
+    x = _input((4, 1031, features), device, seed=17)
+    v_init = _input((1031, features), device, seed=18)
+    got = multistep_lif(x, backend="triton", inv_tau=0.5, v_init=v_init, return_v=True, count_spikes=True)
+    expected = reference(x, inv_tau=0.5, v_init=v_init, return_v=True, count_spikes=True)
+    assert_lif_equal(got, expected, f"F={features}")
+
+
+@pytest.mark.parametrize("features", [1, 3, 17, 64, 1000, 100003])
+@pytest.mark.parametrize("batch", [1, 7, 4096, 100003])
+def test_a_program_moves_many_elements_whatever_the_shape(features: int, batch: int) -> None:
+    """Narrow layers stack samples in a tile, so no launch is one program per element."""
+    from models.kernels.lif.triton import LaunchConfig
+
+    for element_size in (2, 4):
+        config = LaunchConfig.for_shape(batch, features, element_size)
+        row_tiles, feature_tiles = config.programs(batch, features)
+        assert row_tiles * config.rows >= batch and feature_tiles * config.block >= features
+        useful = batch * features / (row_tiles * feature_tiles)  # elements per program, on average
+        assert useful >= min(batch * features, 256) / 2, (config, useful)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_of_a_narrow_tiled_layer_match_the_reference(device: str) -> None:
+    x = _input((3, 301, 5), device, dtype=torch.float64, seed=19).requires_grad_()
+    w = torch.tensor(0.3, dtype=torch.float64, device=device, requires_grad=True)
+    grad_out = _input((3, 301, 5), device, dtype=torch.float64, seed=20)
+    grads = []
+    for run in (lambda: multistep_lif(x, backend="triton", inv_tau=torch.sigmoid(w)),
+                lambda: reference(x, inv_tau=torch.sigmoid(w))):  # fmt: skip
+        grads.append(torch.autograd.grad((run().out * grad_out).sum(), (x, w)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -315,7 +365,7 @@ pointers = dict(p_x="*bf16", p_out="*bf16", p_v0="*bf16", p_v_last="*fp32", p_h=
                 p_inv_tau="*fp32")
 scalars = dict(v_threshold="fp32", v_rest="fp32", n_batch="i32", n_feat="i32", stride_xt="i32",
                stride_xb="i32", stride_vb="i32", stride_vf="i32")
-constants = dict(stride_xf=1, T=4, BLOCK=2048, COMPUTE=tl.float32, SOFT_RESET=False, DECAY_INPUT=True,
+constants = dict(stride_xf=1, T=4, BLOCK=2048, ROWS=1, COMPUTE=tl.float32, SOFT_RESET=False, DECAY_INPUT=True,
                  ANALOG=False, HAS_V0=False, STORE_V=False, STORE_H=False, COUNT=True)
 signature = {n: "constexpr" if n in constants else {**pointers, **scalars}[n] for n in names}
 # what the launcher sees for a [4, B, 12.8M] bf16 tensor: 16-byte aligned pointers, sizes divisible by 16
