@@ -16,6 +16,11 @@ Each ratio is the median over rounds of the ratio within a round.
 
     .venv/bin/python bench/serve.py                      # zoo/danet-mnist, or a tiny DANet if absent
     .venv/bin/python bench/serve.py --clients 32 --requests 300 --rounds 8
+    .venv/bin/python bench/serve.py --model spikeformer-nmnist --device cuda   # an event model, on a GPU
+
+An image model gets a 28x28 PNG digit on ``/classify``; an event model an emulated N-MNIST recording
+of the same digit on ``/events``. Each server's cold start (process start to ``/readyz``) is printed
+too: with ``--device cuda`` that includes CUDA initialisation and the warm-up compilations.
 
 The load generator (``run_load``) is a small asyncio HTTP/1.1 client rather than httpx: on a
 2-core machine the client shares the CPU with the server, and a lighter client disturbs less.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import platform
@@ -33,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +151,40 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return values["spikeserve_batch_size_count"], values["spikeserve_batch_size_sum"]
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What every client sends: ``route`` is "classify" (an image) or "events" (a recording)."""
+
+    route: str
+    body: bytes
+    content_type: str
+    source: str
+
+    def path(self, model: str, telemetry: str) -> str:
+        return f"/v1/models/{model}/{self.route}?telemetry={telemetry}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type}
+
+
+def payload_for(root: Path, model: str) -> Payload:
+    """A held-out digit as the model takes it: a PNG, or an emulated N-MNIST recording of it."""
+    from registry import Registry
+    from registry.manifest import EventInput
+
+    png, source = digit_png()
+    if not isinstance(Registry(root).resolve(model).input, EventInput):
+        return Payload("classify", png, "image/png", source)
+    from PIL import Image
+
+    from eventio.nmnist import write_nmnist
+    from training.emulator import emulate
+
+    events = emulate(np.asarray(Image.open(io.BytesIO(png)).convert("L")), seed=0)
+    return Payload("events", write_nmnist(events), "application/octet-stream", f"{source}, emulated events")
+
+
 def digit_png() -> tuple[bytes, str]:
     """A 28x28 PNG: a held-out MNIST-5k digit when the data set is installed, else a drawn stroke."""
     from PIL import Image, ImageDraw
@@ -206,13 +247,14 @@ def _pid(server: ServerProcess) -> int:
     return server.process.pid
 
 
-def measure(server: ServerProcess, model: str, body: bytes, telemetry: str, args: argparse.Namespace) -> Row:
-    path = f"/v1/models/{model}/classify?telemetry={telemetry}"
-    headers = {"Content-Type": "image/png"}
+def measure(
+    server: ServerProcess, model: str, payload: Payload, telemetry: str, args: argparse.Namespace
+) -> Row:
+    path, body = payload.path(model, telemetry), payload.body
     batches0, requests0 = batch_stats(server.url, model)
     cpu0 = cpu_seconds(_pid(server))
     result = asyncio.run(
-        run_load(server.url, path, body, headers, clients=args.clients, requests=args.requests)
+        run_load(server.url, path, body, payload.headers, clients=args.clients, requests=args.requests)
     )
     result.server_cpu_ms = (cpu_seconds(_pid(server)) - cpu0) * 1000.0 / max(result.requests, 1)
     batches1, requests1 = batch_stats(server.url, model)
@@ -224,19 +266,18 @@ def measure_side_by_side(
     first: ServerProcess,
     second: ServerProcess,
     model: str,
-    body: bytes,
+    payload: Payload,
     levels: tuple[str, str],
     seconds: float,
     clients: int,
 ) -> tuple[LoadResult, LoadResult]:
     """Load two servers at once for the same ``seconds``, telemetry ``levels[0]`` on the first and
     ``levels[1]`` on the second: whatever else the machine does then slows both alike."""
-    headers = {"Content-Type": "image/png"}
 
     async def both() -> list[LoadResult]:
         return await asyncio.gather(
             *(
-                run_load(server.url, f"/v1/models/{model}/classify?telemetry={level}", body, headers,
+                run_load(server.url, payload.path(model, level), payload.body, payload.headers,
                          clients=clients, duration_s=seconds)
                 for server, level in ((first, levels[0]), (second, levels[1]))
             )
@@ -250,10 +291,9 @@ def measure_side_by_side(
     return first_result, second_result
 
 
-def warm_up(server: ServerProcess, model: str, body: bytes, args: argparse.Namespace) -> None:
-    path = f"/v1/models/{model}/classify?telemetry=layers"
-    asyncio.run(run_load(server.url, path, body, {"Content-Type": "image/png"}, clients=args.clients,
-                         requests=2 * args.clients))  # fmt: skip
+def warm_up(server: ServerProcess, model: str, payload: Payload, args: argparse.Namespace) -> None:
+    asyncio.run(run_load(server.url, payload.path(model, "layers"), payload.body, payload.headers,
+                         clients=args.clients, requests=2 * args.clients))  # fmt: skip
 
 
 def median_row(name: str, rows: list[Row]) -> Row:
@@ -275,22 +315,29 @@ def print_table(rows: list[Row]) -> None:
 
 
 def engine_check(
-    root: Path, model: str, body: bytes, batch: int, repeats: int
+    root: Path, model: str, payload: Payload, batch: int, repeats: int, device: str
 ) -> dict[str, dict[str, list[float]]]:
     """In-process, no HTTP: wall and CPU seconds of ``Engine.run_batch`` on ``batch`` copies of the
     digit, per telemetry level, the levels interleaved ``repeats`` times after three unmeasured rounds
     (the compiled neuron backend settles its shapes then). Isolates what telemetry costs the worker
     (the recorder in the forward, the per-sample report, the metrics) from the gateway."""
     from registry import Registry
+    from registry.manifest import EventInput
     from service.decoding import decode_image
+    from service.decoding.events import decode_events, fit_to_sensor
     from service.settings import Settings
     from workers.engine import Engine
     from workers.protocol import InferenceRequest
 
     registry = Registry(root)
     manifest = registry.resolve(model)
-    image = decode_image(body, "image/png", manifest.input, 1 << 24).array
-    engine = Engine(registry, backend=Settings().neuron_backend, worker_id="bench")
+    input_kind = "events" if isinstance(manifest.input, EventInput) else "image"
+    if input_kind == "events":
+        decoded = decode_events(payload.body, payload.content_type, None, 1 << 24)
+        array = fit_to_sensor(decoded, manifest.input, None)[0]
+    else:
+        array = decode_image(payload.body, payload.content_type, manifest.input, 1 << 24).array
+    engine = Engine(registry, backend=Settings().neuron_backend, worker_id="bench", device=device)
     engine.ensure_loaded(manifest.name, manifest.version)
     levels = ("none", "summary", "layers")
     measured: dict[str, dict[str, list[float]]] = {"wall": {}, "cpu": {}}
@@ -299,7 +346,7 @@ def engine_check(
     for round_index in range(3 + repeats):
         for level in levels:
             requests = [
-                InferenceRequest(f"{level}{i}", manifest.name, manifest.version, "image", image,
+                InferenceRequest(f"{level}{i}", manifest.name, manifest.version, input_kind, array,  # type: ignore[arg-type]
                                  manifest.time_steps.default, telemetry=level)  # type: ignore[arg-type]
                 for i in range(batch)
             ]  # fmt: skip
@@ -324,40 +371,46 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=None)
     parser.add_argument("--engine-repeats", type=int, default=15, help="repeats of the in-process check")
     parser.add_argument("--base-width", type=int, default=8, help="width of the stand-in DANet without a zoo")
+    parser.add_argument("--device", default="cpu", help="where the servers run the network: cpu or cuda")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as scratch:
         root, model, note = choose_registry(args.registry, args.model, Path(scratch), args.base_width)
-        body, source = digit_png()
-        env = {"SPIKESERVE_ADMIN_TOKEN": "bench", "SPIKESERVE_MAX_DELAY_MS": str(args.max_delay_ms)}
+        payload = payload_for(root, model)
+        env = {
+            "SPIKESERVE_ADMIN_TOKEN": "bench",
+            "SPIKESERVE_MAX_DELAY_MS": str(args.max_delay_ms),
+            "SPIKESERVE_DEVICE": args.device,
+        }
         if args.torch_threads:
             env["SPIKESERVE_TORCH_THREADS"] = str(args.torch_threads)
         print(f"# spikeserve serving benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
         machine = f"{platform.processor() or platform.machine()}, {_cpu_count()} CPUs, {platform.system()}"
         print(f"# machine: {machine}, load average {', '.join(f'{x:.1f}' for x in _load_average())}")
-        print(f"# model: {note}; input: {source}")
+        print(f"# model: {note}; input: {payload.source}; device: {args.device}")
         print(f"# {args.clients} concurrent clients per server, {args.rounds} rounds per comparison")
 
         on_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": str(args.max_batch_size)}
         off_env = {**env, "SPIKESERVE_MAX_BATCH_SIZE": "1"}
         batching: dict[str, list[Row]] = {"on": [], "off": []}
         telemetry: dict[str, list[LoadResult]] = {"none": [], "layers": []}
+        cold_starts: list[float] = []
         with (
-            ServerProcess(root, env=on_env, args=["--models", model]) as on_a,
-            ServerProcess(root, env=on_env, args=["--models", model]) as on_b,
-            ServerProcess(root, env=off_env, args=["--models", model]) as off,
+            timed_start(ServerProcess(root, env=on_env, args=["--models", model]), cold_starts) as on_a,
+            timed_start(ServerProcess(root, env=on_env, args=["--models", model]), cold_starts) as on_b,
+            timed_start(ServerProcess(root, env=off_env, args=["--models", model]), cold_starts) as off,
         ):
             for server in (on_a, on_b, off):
-                warm_up(server, model, body, args)
+                warm_up(server, model, payload, args)
             for round_index in range(args.rounds):
                 # Batching: one server at a time, a fixed count of requests, alternating which goes first.
                 order = [("on", on_a), ("off", off)]
                 for name, server in order if round_index % 2 == 0 else order[::-1]:
-                    batching[name].append(measure(server, model, body, "none", args))
+                    batching[name].append(measure(server, model, payload, "none", args))
                 # Telemetry: two batching servers side by side; they swap levels every round.
                 levels = ("none", "layers") if round_index % 2 == 0 else ("layers", "none")
                 results = measure_side_by_side(
-                    on_a, on_b, model, body, levels, args.pair_seconds, args.clients
+                    on_a, on_b, model, payload, levels, args.pair_seconds, args.clients
                 )
                 for level, result in zip(levels, results, strict=True):
                     telemetry[level].append(result)
@@ -365,8 +418,13 @@ def main() -> int:
             import torch
 
             torch.set_num_threads(args.torch_threads)
-        engine_seconds = engine_check(root, model, body, args.max_batch_size, args.engine_repeats)
+        engine_seconds = engine_check(
+            root, model, payload, args.max_batch_size, args.engine_repeats, args.device
+        )
 
+    print()
+    starts = ", ".join(f"{seconds:.1f} s" for seconds in cold_starts)
+    print(f"Cold start (process start to /readyz, the three servers one after another): {starts}")
     print()
     print(f"Batching: one server at a time, {args.requests} requests a round (median round shown)")
     print_table(
@@ -427,6 +485,15 @@ def main() -> int:
         f"CPU {(statistics.median(cpu['layers']) / statistics.median(cpu['none']) - 1) * 100:+.1f}% (median)"
     )
     return 0
+
+
+@contextlib.contextmanager
+def timed_start(server: ServerProcess, seconds: list[float]) -> Iterator[ServerProcess]:
+    """Start ``server`` (it returns once /readyz answers 200) and note how long that took."""
+    began = time.perf_counter()
+    with server as started:
+        seconds.append(time.perf_counter() - began)
+        yield started
 
 
 def _load_average() -> tuple[float, ...]:
