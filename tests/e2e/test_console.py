@@ -193,6 +193,48 @@ def test_an_image_file_shows_the_servers_own_answer(browser, server, tmp_path):
     assert console_errors(browser) == []
 
 
+def test_early_exit_shows_the_steps_the_server_ran(browser, server, tmp_path):
+    open_view(browser, server, "classify")
+    image = tmp_path / "bar.png"
+    image.write_bytes(png_digit(2))
+    by_id(browser, "classify-exit").click()
+    by_id(browser, "classify-exit-threshold").clear()
+    by_id(browser, "classify-exit-threshold").send_keys("0.5")
+    by_id(browser, "classify-file").send_keys(str(image))
+    wait_for(lambda: shown(browser, "classify-result"), 30, "the answer")
+
+    expected = httpx.post(
+        f"{server.url}/v1/models/{IMAGE_MODEL}/classify?exit=confidence&exit_threshold=0.5",
+        content=image.read_bytes(),
+        headers={"content-type": "image/png"},
+        timeout=60,
+    ).json()
+    used = expected["time_steps_used"]
+    assert 1 <= used <= 4
+    assert stat(browser, "classify-result", "steps") == str(used)
+    assert f"after {used} of 4 time steps" in by_id(browser, "classify-result").text
+    probabilities = [
+        float(bar.get_attribute("data-value")) for bar in css(browser, "#classify-result rect.bar.top")
+    ]
+    assert probabilities[0] == pytest.approx(expected["predictions"][0]["probability"], abs=1e-6)
+    assert console_errors(browser) == []
+
+    # a model that attends across time cannot stop early: the server's reason, in the page
+    open_view(browser, server, "events")
+    by_id(browser, "events-exit").click()
+    recording = tmp_path / "random.npy"
+    rng = np.random.default_rng(5)
+    t = np.sort(rng.integers(0, 100_000, 300))
+    recording.write_bytes(
+        write_npy(make_events(rng.integers(0, 34, 300), rng.integers(0, 34, 300), t, rng.integers(0, 2, 300)))
+    )
+    by_id(browser, "events-file").send_keys(str(recording))
+    wait_for(lambda: shown(browser, "events-error"), 30, "the 422")
+    assert "422" in by_id(browser, "events-error").text
+    assert not shown(browser, "events-result")
+    assert console_errors(browser, allowed=(FAILED_REQUEST,)) == []
+
+
 def test_a_bad_file_shows_the_servers_message(browser, server, tmp_path):
     open_view(browser, server, "classify")
     fake = tmp_path / "notes.png"

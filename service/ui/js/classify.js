@@ -2,7 +2,7 @@
 // telemetry, and draw the answer.
 
 import { call, query } from "./api.js";
-import { describeError, fillModelSelect, onFileDrop, showError } from "./widgets.js";
+import { describeError, exitOptions, fillModelSelect, onFileDrop, showError } from "./widgets.js";
 import { renderAnswer } from "./telemetry.js";
 
 const BRUSH = 22; // px on the 280 px canvas: about an MNIST pen stroke once scaled to 28 px
@@ -15,6 +15,8 @@ export function initClassify(models) {
   const preview = document.getElementById("classify-preview");
   const error = document.getElementById("classify-error");
   const result = document.getElementById("classify-result");
+  const exit = document.getElementById("classify-exit");
+  const exitThreshold = document.getElementById("classify-exit-threshold");
   const current = () => imageModels.find((m) => m.name === select.value);
 
   fillModelSelect(select, steps, imageModels, "no image model is served");
@@ -26,7 +28,7 @@ export function initClassify(models) {
     if (!model) return showError(error, "no image model is served");
     showError(error, null);
     const path = `/v1/models/${encodeURIComponent(model.name)}/classify` +
-      query({ telemetry: "layers", top_k: topK.value, time_steps: steps.value });
+      query({ telemetry: "layers", top_k: topK.value, time_steps: steps.value, ...exitOptions(exit, exitThreshold) });
     try {
       const answer = await call("POST", path, { body, contentType });
       renderAnswer(result, answer);

@@ -5,7 +5,7 @@ import { call, query } from "./api.js";
 import { decodeRecording } from "./eventfiles.js";
 import { eventsToFrames, fitToSensor, frameTotals, moviePlayer } from "./frames.js";
 import { renderAnswer } from "./telemetry.js";
-import { describeError, fillModelSelect, onFileDrop, showError } from "./widgets.js";
+import { describeError, exitOptions, fillModelSelect, onFileDrop, showError } from "./widgets.js";
 
 const FORMAT_BY_EXTENSION = { aedat4: "aedat4", bin: "nmnist", npy: "npy" };
 
@@ -55,7 +55,10 @@ export function initEvents(models) {
     }
 
     const path = `/v1/models/${encodeURIComponent(model.name)}/events` +
-      query({ telemetry: "layers", time_steps: timeSteps, fit: fit.value, format });
+      query({
+        telemetry: "layers", time_steps: timeSteps, fit: fit.value, format,
+        ...exitOptions(document.getElementById("events-exit"), document.getElementById("events-exit-threshold")),
+      });
     try {
       renderAnswer(result, await call("POST", path, { body: file, contentType: "application/octet-stream" }));
       result.hidden = false;

@@ -49,3 +49,9 @@ export function describeError(exc) {
   const hint = exc.status === 401 ? " (enter the admin token on the Models tab; it is accepted as an API key)" : "";
   return `${exc.status || ""} ${exc.code || ""}: ${exc.message}${hint}`.trim();
 }
+
+// The early-exit options of an inference call: run step by step and answer at the first step where
+// the top-1 probability of the accumulated output reaches the threshold (else all T steps).
+export function exitOptions(checkbox, threshold) {
+  return checkbox.checked ? { exit: "confidence", exit_threshold: threshold.value } : {};
+}
