@@ -14,7 +14,9 @@ This module imports torch; ``workers.embedded`` imports it only when the pool st
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -43,6 +45,7 @@ log = logging.getLogger("spikeserve.engine")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 PREPARING_SWITCH_INTERVAL_S = 0.0002
+PREPARING_NICE = 10  # added to the preparing thread's nice value (lower CPU priority)
 
 
 @dataclass
@@ -95,6 +98,19 @@ def _failed(
     )
 
 
+def _set_up_preparing_thread() -> None:
+    """Make the preparing thread, and the compiler processes it starts, yield the CPU to serving:
+    on a busy machine a compilation at normal priority takes the cores the batch thread needs."""
+    with contextlib.suppress(AttributeError, OSError):  # Linux sets a thread's nice by its id
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARING_NICE)
+    # inductor otherwise hands its C++/Triton builds to a pool of worker processes (started at
+    # full priority, at the first compilation of the process): with one compile thread it builds
+    # in the thread that asks, here, at this thread's priority. Process-wide from now on.
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+
+
 def _eager_runner(module: nn.Module) -> Forward:
     def run_eager(x: torch.Tensor) -> torch.Tensor:
         """x: [T, B, C, H, W] -> logits [B, classes], the neurons on the torch backend."""
@@ -145,7 +161,9 @@ class Engine:
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         # Compiling for a new T (or capturing its CUDA graphs) takes seconds to minutes: it runs
         # here, beside the batch thread, which answers that T eagerly until it is done.
-        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spikeserve-prepare")
+        self._preparer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spikeserve-prepare", initializer=_set_up_preparing_thread
+        )
         self._preparing: set[tuple[str, int, int]] = set()
 
     # -- loading -----------------------------------------------------------------------------
