@@ -7,7 +7,7 @@ REGISTRY ?= zoo
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps test test-fast lint serve bench clean
+.PHONY: setup system-deps test test-fast test-containers lint serve bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: $(STAMP) system-deps
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow"
+
+# Builds the gateway and CPU worker images with podman and runs the compose stack against the host's
+# Redis (docs/DEPLOY.md). Root, minutes; installs podman, runc and debootstrap when missing.
+test-containers: $(STAMP)
+	bash tests/containers/setup_podman.sh
+	SPIKESERVE_CONTAINER_TESTS=1 $(BIN)/python -m pytest tests/containers -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,30 +1,31 @@
-# A worker: runs the networks, on an NVIDIA GPU (CUDA base image, torch's CUDA build, triton for the
-# fused LIF kernels). The host needs the NVIDIA driver and container toolkit; docker-compose.yml
-# reserves the GPU. The same image runs on a CPU (`--device cpu`); for a smaller CPU-only image
-# build with --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu (the compose file's
-# worker-cpu service does).
+# A worker on an NVIDIA GPU: runs the networks for gateways in distributed mode, with torch's CUDA
+# build and triton for the fused LIF kernels. The host needs the NVIDIA driver and the NVIDIA
+# Container Toolkit; docker-compose.yml reserves the GPU. Without a GPU use docker/worker-cpu.Dockerfile
+# (a tenth of the size).
 #
 #   docker build -f docker/worker.Dockerfile -t spikeserve-worker .
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+#
+# Settings come from the environment only (SPIKESERVE_*, see service/settings.py); the registry is
+# a volume at /registry, read-only is enough. Build arguments:
+#   BASE_IMAGE       an NVIDIA CUDA runtime image (Ubuntu 22.04: python3.11 from its archive)
+#   TORCH_INDEX_URL  empty: PyPI, whose torch is the CUDA build on Linux x86-64
+#   WHEELS           a folder of wheels pip prefers (e.g. one mounted into the build)
+ARG BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
-# empty: PyPI's torch, the CUDA build on Linux x86-64
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=""
 ARG TORCH_VERSION=2.13.0
-
+ARG WHEELS=""
 ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
-
-# gcc and the Python headers: triton and torch.compile build small launchers at run time
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev gcc \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && python3.11 -m venv /opt/venv
-
-WORKDIR /app
+ && python3.11 -m venv /opt/venv \
+ && /opt/venv/bin/pip install ${WHEELS:+--find-links "$WHEELS"} \
+      ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}"
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY registry ./registry
@@ -32,14 +33,32 @@ COPY workers ./workers
 COPY service ./service
 COPY training ./training
 COPY eventio ./eventio
+# the project, its other dependencies and triton (the gpu extra); pip leaves with the build stage
+RUN /opt/venv/bin/pip install ${WHEELS:+--find-links "$WHEELS"} ".[gpu]" \
+ && /opt/venv/bin/pip uninstall --yes pip
 
-RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"; \
-    else pip install "torch==${TORCH_VERSION}"; fi \
- && pip install ".[gpu]" \
- && useradd --create-home --uid 10001 spikeserve
-
+FROM ${BASE_IMAGE}
+ENV DEBIAN_FRONTEND=noninteractive
+# The one build tool that stays: triton compiles a small launcher for each kernel with the system C
+# compiler and the Python headers the first time it runs, on the serving machine.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.11 gcc libc6-dev python3.11-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --create-home --uid 10001 spikeserve \
+ && mkdir /registry && chown spikeserve:spikeserve /registry
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SPIKESERVE_REGISTRY=/registry \
+    SPIKESERVE_DEVICE=cuda \
+    SPIKESERVE_METRICS_PORT=9100
+VOLUME /registry
 USER spikeserve
-# Prometheus /metrics of this worker (spikeserve worker --metrics-port)
+# Prometheus /metrics of this worker
 EXPOSE 9100
+# A worker has no HTTP API: it opens its metrics port only once its models are loaded and warmed
+# up, so the port answering is its readiness (the gateway's probe is /readyz).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+  CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('SPIKESERVE_METRICS_PORT', '9100'), timeout=2)"
 ENTRYPOINT ["spikeserve"]
-CMD ["worker", "--redis", "redis://redis:6379/0", "--registry", "/registry", "--device", "cuda", "--metrics-port", "9100"]
+CMD ["worker"]

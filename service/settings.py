@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     redis_max_backlog: int = 10_000
     claim_idle_ms: int = 5_000
     heartbeat_interval_s: float = 2.0
+    metrics_port: int | None = None  # a worker's Prometheus /metrics (the gateway serves it on its HTTP port)
 
     def batch_size_for(self, model: str) -> int:
         return self.max_batch_size_per_model.get(model, self.max_batch_size)

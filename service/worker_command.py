@@ -58,6 +58,7 @@ def _worker_flags() -> list[Any]:
             "--claim-idle-ms", "claim_idle_ms", int, "take over requests a dead worker held this long (5000)"
         ),
         Flag("--torch-threads", "torch_threads", int, "torch intra-op threads (default: torch's choice)"),
+        Flag("--metrics-port", "metrics_port", int, "serve Prometheus /metrics on this port (default: none)"),
     ]
 
 
@@ -70,9 +71,6 @@ def add_commands(subparsers: Any) -> None:
         description="Serve the registry's models to `spikeserve serve --redis URL` gateways through Redis.",
     )
     add_serve_flags(parser, _worker_flags())
-    parser.add_argument(
-        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
-    )
     parser.add_argument(
         "--worker-id", default=None, help="name in heartbeats and consumer groups (default: host-pid)"
     )
@@ -104,7 +102,7 @@ def run_worker(args: argparse.Namespace) -> int:
             "needs torch, which is not installed here (the gateway image has none; use the worker image)"
         )
     try:
-        asyncio.run(serve(settings, registry, worker_id=args.worker_id, metrics_port=args.metrics_port))
+        asyncio.run(serve(settings, registry, worker_id=args.worker_id, metrics_port=settings.metrics_port))
     except KeyboardInterrupt:
         return 130
     return 0

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# tests/containers builds images and starts containers (root, podman, minutes): `make test-containers`
+# runs it, on its own, with this variable set
+collect_ignore = [] if os.environ.get("SPIKESERVE_CONTAINER_TESTS") == "1" else ["containers"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -34,8 +34,10 @@ def _volumes(service: dict) -> list[tuple[str, str]]:
     return out
 
 
-def _flag(command: list[str], flag: str) -> str:
-    return command[command.index(flag) + 1]
+def _setting(service: dict, name: str) -> str:
+    """A SPIKESERVE_* setting of a service: settings go in ``environment``, never in the command."""
+    assert not any(part.startswith("--") for part in service.get("command", [])), service["command"]
+    return str(service["environment"][f"SPIKESERVE_{name}"])
 
 
 def test_the_stack_has_every_service(compose):
@@ -73,33 +75,35 @@ def test_published_ports_are_unique_and_match_what_the_services_listen_on(compos
             published[host] = name
     assert published == {"8000": "gateway", "9090": "prometheus", "3000": "grafana"}
     gateway = compose["services"]["gateway"]
-    assert _flag(gateway["command"], "--port") == "8000"
-    assert _flag(gateway["command"], "--host") == "0.0.0.0"
+    assert _setting(gateway, "PORT") == "8000"
+    assert _setting(gateway, "HOST") == "0.0.0.0"
 
 
 def test_gateway_and_workers_share_redis_and_the_registry(compose):
     services = compose["services"]
-    redis_url = _flag(services["gateway"]["command"], "--redis")
+    redis_url = _setting(services["gateway"], "REDIS_URL")
     assert redis_url.startswith("redis://redis:")  # the compose service name
+    assert services["gateway"]["command"] == ["serve"]
     for name in ("worker", "worker-cpu"):
         worker = services[name]
-        assert worker["environment"]["SPIKESERVE_REDIS_URL"] == redis_url
-        registry = worker["environment"]["SPIKESERVE_REGISTRY"]
-        assert ("./zoo", registry) in _volumes(worker)
+        assert _setting(worker, "REDIS_URL") == redis_url
+        registry = _setting(worker, "REGISTRY")
         assert worker["volumes"] == [f"./zoo:{registry}:ro"]  # workers only read it
         assert "redis" in worker["depends_on"]
-        assert worker["command"][0] == "worker"
-    assert ("./zoo", _flag(services["gateway"]["command"], "--registry")) in _volumes(services["gateway"])
+        assert worker["command"] == ["worker"]
+    assert ("./zoo", _setting(services["gateway"], "REGISTRY")) in _volumes(services["gateway"])
 
 
 def test_gpu_worker_reserves_a_gpu_and_the_cpu_profile_does_not(compose):
     gpu, cpu = compose["services"]["worker"], compose["services"]["worker-cpu"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    assert _flag(gpu["command"], "--device") == "cuda"
+    assert _setting(gpu, "DEVICE") == "cuda"
+    assert gpu["build"]["dockerfile"] == "docker/worker.Dockerfile"
     assert gpu["profiles"] == ["gpu"]
     assert "deploy" not in cpu
-    assert _flag(cpu["command"], "--device") == "cpu"
+    assert _setting(cpu, "DEVICE") == "cpu"
+    assert cpu["build"]["dockerfile"] == "docker/worker-cpu.Dockerfile"
     assert cpu["profiles"] == ["cpu"]
 
 
@@ -108,11 +112,11 @@ def test_prometheus_scrapes_gateways_and_workers_where_they_listen(compose, prom
     jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
     gateway_sd = jobs["spikeserve-gateway"]["dns_sd_configs"][0]
     assert gateway_sd["names"] == ["gateway"]
-    assert str(gateway_sd["port"]) == _flag(services["gateway"]["command"], "--port")
+    assert str(gateway_sd["port"]) == _setting(services["gateway"], "PORT")
     worker_sd = jobs["spikeserve-worker"]["dns_sd_configs"][0]
     assert set(worker_sd["names"]) == {"worker", "worker-cpu"}
     for name in worker_sd["names"]:
-        assert str(worker_sd["port"]) == _flag(services[name]["command"], "--metrics-port")
+        assert str(worker_sd["port"]) == _setting(services[name], "METRICS_PORT")
         assert str(worker_sd["port"]) in services[name]["expose"]
     mounts = dict(_volumes(services["prometheus"]))
     assert mounts["./docker/prometheus.yml"] == "/etc/prometheus/prometheus.yml"

@@ -40,6 +40,18 @@ def test_worker_command_is_listed_with_its_flags():
     assert (args.device, args.metrics_port) == ("cuda", 9100)
 
 
+def test_metrics_port_comes_from_the_environment_and_the_flag_wins(monkeypatch):
+    """Images take settings from the environment only: their health check reads the same variable."""
+    from service.commands import settings_from_args
+    from service.worker_command import _worker_flags
+
+    monkeypatch.setenv("SPIKESERVE_METRICS_PORT", "9101")
+    args = build_parser().parse_args(["worker"])
+    assert settings_from_args(args, _worker_flags()).metrics_port == 9101
+    args = build_parser().parse_args(["worker", "--metrics-port", "9102"])
+    assert settings_from_args(args, _worker_flags()).metrics_port == 9102
+
+
 def test_serve_command_takes_redis(monkeypatch):
     args = build_parser().parse_args(["serve", "--redis", "redis://h:6379/0"])
     assert args.redis_url == "redis://h:6379/0"
