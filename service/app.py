@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -99,4 +100,8 @@ async def _start_pool(state: ServiceState) -> None:
         state.startup_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
         log.exception("the worker pool failed to start; /readyz answers 503")
     else:
+        # Everything loaded so far (torch, the networks, numpy, pydantic: about a million objects)
+        # lives as long as the process; frozen, the collector stops re-scanning it on every full
+        # collection, which under load had cost the event loop about a fifth of its time.
+        gc.freeze()
         log.info("ready")

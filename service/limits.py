@@ -14,7 +14,6 @@ connection, since the rest of the body was never read.
 from __future__ import annotations
 
 import asyncio
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,7 +55,7 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         received = 0
-        deadline = time.monotonic() + self.body_timeout_s
+        loop_deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         body_done = False
         close_after = False
 
@@ -65,7 +64,9 @@ class BodyLimitMiddleware:
             if body_done:  # after the body, receive waits for the client to go away: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), timeout=max(deadline - time.monotonic(), 0.0))
+                # a timeout scope, not wait_for: wait_for wraps every receive in a new task
+                async with asyncio.timeout_at(loop_deadline):
+                    message = await receive()
             except TimeoutError:
                 close_after = True
                 raise RequestTimeoutError(

@@ -324,4 +324,6 @@ def test_large_images_are_decoded_a_few_at_a_time(tiny_root: Path, monkeypatch: 
         small = png_bytes(np.zeros((28, 28), np.uint8))
         with ThreadPoolExecutor(8) as threads:
             assert list(threads.map(classify, [small] * 8)) == [200] * 8
-        assert most > 2  # small images are not held back
+        # small images take no slot: they decode on the event loop as they come (a hand-off to a
+        # thread would cost more than their decode), so never two at once and never held back
+        assert most == 1
