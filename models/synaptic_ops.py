@@ -13,7 +13,8 @@ An input value of 2 (a SEW sum of two coinciding spikes) is two events: counts a
 counts of non-zeros. Cost: for the usual stride-1 "same" conv the fan-out is full everywhere but
 in a thin border band, so the exact count is the full fan-out times the event total (which the
 neuron that fired the input already counted) minus the deficit summed over that band only; other
-geometries (strides) take one reduction of the input over time and channels.
+geometries (strides) take one reduction of the input over time and channels. What a geometry needs
+on an input size (fan-out, deficit map, band indices) is prepared once and cached.
 """
 
 from __future__ import annotations
@@ -48,20 +49,98 @@ def conv_synaptic_ops(
 ) -> SynapticOps:
     """x: [T, B, C_in, H, W] events; events: [B] their total; out_size: the conv's (H', W')."""
     height, width = x.shape[-2:]
-    kernel_h, kernel_w = conv.kernel_size
-    channels_reached = conv.out_channels // conv.groups
-    macs_per_step = (conv.in_channels // conv.groups) * kernel_h * kernel_w * conv.out_channels
-    macs_per_step *= out_size[0] * out_size[1]
+    plan = _conv_plan(_geometry(conv), height, width, out_size, x.device)
     total = events.to(torch.float64)
-    nominal = total * (macs_per_step / (conv.in_channels * height * width))
-    if conv.padding_mode != "zeros":
-        return SynapticOps(_padded_count(conv, x) * channels_reached, nominal)
-    # [W_before, W_after, H_before, H_after], as nn.Conv2d keeps it for numeric and "same" padding
-    pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice
-    rows = _axis_fanout(height, kernel_h, conv.stride[0], pad_h, conv.dilation[0], out_size[0])
-    cols = _axis_fanout(width, kernel_w, conv.stride[1], pad_w, conv.dilation[1], out_size[1])
-    exact = _exact_count(x, total, rows, cols) * channels_reached
+    nominal = total * plan.nominal_per_event
+    if plan.padded:
+        return SynapticOps(_padded_count(conv, x) * plan.channels_reached, nominal)
+    exact = total * plan.full_per_event
+    for rows, cols, deficit in plan.shortfall:  # views of x, no copies
+        per_position = x[:, :, :, rows, cols].sum(dim=(0, 2), dtype=torch.float32)  # [B, h, w]
+        exact = exact - (per_position * deficit).sum(dim=(1, 2))
     return SynapticOps(exact, nominal)
+
+
+class _Geometry(NamedTuple):
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pad_before: tuple[int, int]  # (H, W), as nn.Conv2d keeps it for numeric and "same" padding
+    padding_mode: str
+
+
+def _geometry(conv: nn.Conv2d) -> _Geometry:
+    pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice
+    return _Geometry(
+        conv.in_channels,
+        conv.out_channels,
+        conv.groups,
+        (int(conv.kernel_size[0]), int(conv.kernel_size[1])),
+        (int(conv.stride[0]), int(conv.stride[1])),
+        (int(conv.dilation[0]), int(conv.dilation[1])),
+        (int(pad_h), int(pad_w)),
+        conv.padding_mode,
+    )
+
+
+class _ConvPlan(NamedTuple):
+    """What a conv of one geometry needs to count SOPs on one input size, prepared once."""
+
+    channels_reached: int
+    nominal_per_event: float
+    full_per_event: float  # every output an event could reach, the border ignored
+    padded: bool  # a non-zero padding mode: count through the padded copies
+    # (rows, cols, deficit [h, w] float64): where an event reaches fewer outputs than the full
+    # fan-out, and by how many: the border bands, or the whole map under a stride
+    shortfall: tuple[tuple[slice, slice, torch.Tensor], ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_plan(
+    geometry: _Geometry, height: int, width: int, out_size: tuple[int, int], device: torch.device
+) -> _ConvPlan:
+    kernel_h, kernel_w = geometry.kernel
+    channels_reached = geometry.out_channels // geometry.groups
+    macs_per_step = (geometry.in_channels // geometry.groups) * kernel_h * kernel_w * geometry.out_channels
+    macs_per_step *= out_size[0] * out_size[1]
+    nominal = macs_per_step / (geometry.in_channels * height * width)
+    rows = _axis_fanout(
+        height, kernel_h, geometry.stride[0], geometry.pad_before[0], geometry.dilation[0], out_size[0]
+    )
+    cols = _axis_fanout(
+        width, kernel_w, geometry.stride[1], geometry.pad_before[1], geometry.dilation[1], out_size[1]
+    )
+    full = rows.full * cols.full
+    plan = _ConvPlan(channels_reached, nominal, float(full * channels_reached), False, ())
+    if geometry.padding_mode != "zeros":
+        return plan._replace(padded=True)
+    fanout = torch.outer(
+        torch.tensor(rows.counts, dtype=torch.float64), torch.tensor(cols.counts, dtype=torch.float64)
+    )
+    deficit = (full - fanout) * channels_reached
+    if not deficit.any():
+        return plan
+    everything = slice(None)
+    if not (rows.banded and cols.banded):
+        return plan._replace(shortfall=((everything, everything, deficit.to(device)),))
+    # top and bottom bands across the full width, then left and right bands between them
+    middle = slice(rows.before, height - rows.after)
+    shortfall = [(band, everything, deficit[band, :]) for band in _bands(rows.before, rows.after, height)]
+    shortfall += [(middle, band, deficit[middle, band]) for band in _bands(cols.before, cols.after, width)]
+    return plan._replace(shortfall=tuple((r, c, d.contiguous().to(device)) for r, c, d in shortfall))
+
+
+def _bands(before: int, after: int, length: int) -> list[slice]:
+    """The leading ``before`` and trailing ``after`` positions of an axis as slices (views of x).
+
+    The usual 3x3 "same" conv has one short position at each end: one strided slice takes both.
+    """
+    if before == after == 1 and length > 1:
+        return [slice(0, length, length - 1)]
+    return [band for band in (slice(0, before), slice(length - after, length)) if band.stop > band.start]
 
 
 class _AxisFanout(NamedTuple):
@@ -72,7 +151,6 @@ class _AxisFanout(NamedTuple):
     banded: bool  # every position between the two bands reaches ``full``
 
 
-@functools.lru_cache(maxsize=4096)
 def _axis_fanout(
     length: int, kernel: int, stride: int, pad: int, dilation: int, out_length: int
 ) -> _AxisFanout:
@@ -87,33 +165,6 @@ def _axis_fanout(
     after = next((i for i, c in enumerate(reversed(counts)) if c == full), length)
     banded = before + after < length and all(c == full for c in counts[before : length - after])
     return _AxisFanout(tuple(counts), full, before, after, banded)
-
-
-@functools.lru_cache(maxsize=1024)
-def _deficit_map(rows: _AxisFanout, cols: _AxisFanout, device: torch.device) -> torch.Tensor:
-    """[H, W] float32: the full fan-out minus each position's own (non-zero only near borders)."""
-    fanout = torch.outer(torch.tensor(rows.counts, dtype=torch.float32), torch.tensor(cols.counts))
-    return (rows.full * cols.full - fanout).to(device)
-
-
-def _exact_count(x: torch.Tensor, total: torch.Tensor, rows: _AxisFanout, cols: _AxisFanout) -> torch.Tensor:
-    """Sum over events of their spatial fan-out, per sample. x: [T, B, C, H, W] -> [B] float64."""
-    deficit = _deficit_map(rows, cols, x.device)
-    full = float(rows.full * cols.full)
-    height, width = x.shape[-2:]
-    if not (rows.banded and cols.banded):
-        per_position = x.sum(dim=(0, 2), dtype=torch.float32)  # [B, H, W]
-        return full * total - (per_position * deficit).sum(dim=(1, 2)).to(torch.float64)
-    missing = torch.zeros_like(total)
-    top, bottom, left, right = rows.before, height - rows.after, cols.before, width - cols.after
-    bands = [(slice(0, top), slice(None)), (slice(bottom, height), slice(None))]
-    bands += [(slice(top, bottom), slice(0, left)), (slice(top, bottom), slice(right, width))]
-    for row_band, col_band in bands:
-        band = x[..., row_band, col_band]
-        if band.numel():
-            per_position = band.sum(dim=(0, 2), dtype=torch.float32)  # [B, h, w]
-            missing += (per_position * deficit[row_band, col_band]).sum(dim=(1, 2)).to(torch.float64)
-    return full * total - missing
 
 
 def _padded_count(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
