@@ -72,13 +72,7 @@ def read_npy(data: bytes | memoryview, *, max_events: int | None = None) -> Even
     """
     view = memoryview(data).cast("B")
     dtype, shape, _, offset = read_header(view)
-    missing = [name for name in REQUIRED_FIELDS if dtype.names is None or name not in dtype.names]
-    if missing:
-        raise InvalidEventsError(
-            f".npy events need a structured dtype with fields x, y, t, p; missing {', '.join(missing)}"
-        )
-    if len(shape) != 1:
-        raise InvalidEventsError(f".npy events must be a 1-D structured array, got shape {shape}")
+    check_event_dtype(dtype, shape)
     count = shape[0]
     check_event_limit(count, max_events, "the .npy file")
     if offset + count * dtype.itemsize > len(view):
@@ -86,19 +80,38 @@ def read_npy(data: bytes | memoryview, *, max_events: int | None = None) -> Even
             f".npy header states {count:,} events of {dtype.itemsize} bytes but the file is truncated"
         )
     array = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
+    events, warnings = records_to_events(array)
+    return EventRecording(events, None, "npy", tuple(warnings))
 
+
+def check_event_dtype(dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    """Raise InvalidEventsError unless ``dtype`` has fields x, y, t, p and ``shape`` is 1-D."""
+    missing = [name for name in REQUIRED_FIELDS if dtype.names is None or name not in dtype.names]
+    if missing:
+        raise InvalidEventsError(
+            f".npy events need a structured dtype with fields x, y, t, p; missing {', '.join(missing)}"
+        )
+    if len(shape) != 1:
+        raise InvalidEventsError(f".npy events must be a 1-D structured array, got shape {shape}")
+
+
+def records_to_events(array: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Structured records [N] (fields x, y, t, p of any integral type) -> (events [N] EVENT_DTYPE, warnings).
+
+    Raises InvalidEventsError for fractions, NaN, values out of range, or polarities mixing -1, 0, 1.
+    """
     warnings: list[str] = []
-    events = np.empty(count, dtype=EVENT_DTYPE)
+    events = np.empty(len(array), dtype=EVENT_DTYPE)
     for name, (low, high) in _RANGES.items():
         events[name] = _integral_column(array[name], name, low, high)
     polarity = _integral_column(array["p"], "p", -1, 1)
-    if count and polarity.min() < 0:
+    if len(array) and polarity.min() < 0:
         if (polarity == 0).any():
             raise InvalidEventsError("polarity p holds -1, 0 and 1; use 0/1 or -1/+1")
         polarity = (polarity > 0).astype(np.int64)
         warnings.append("polarity -1/+1 read as OFF/ON (0/1)")
     events["p"] = polarity
-    return EventRecording(events, None, "npy", tuple(warnings))
+    return events, warnings
 
 
 def _integral_column(column: np.ndarray, name: str, low: int, high: int) -> np.ndarray:
