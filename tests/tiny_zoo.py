@@ -99,3 +99,25 @@ def build_tiny_registry(root: Path) -> Any:
     register_danet(registry, aliases=("production",))
     register_spikeformer(registry, aliases=("production",))
     return registry
+
+
+EVENT_DANET_MODEL = "tiny-event-danet"
+EVENT_DANET_CONFIG: dict[str, Any] = {"num_classes": 10, "in_channels": 2, "base_width": 8, "stem": "small"}
+
+
+def register_event_danet(
+    registry: Any, name: str = EVENT_DANET_MODEL, seed: int = 0, input: dict[str, Any] | None = None, **extra: Any
+) -> Any:
+    """A random-weight LIF DANet on 34x34 event frames: a causal network that streams with its state."""
+    return registry.register(
+        name,
+        architecture="danet_resnet18",
+        config=EVENT_DANET_CONFIG,
+        neuron=None,
+        time_steps={"default": 4, "min": 1, "max": 64},
+        input=input or EVENTS_INPUT,
+        labels=LABELS,
+        weights=random_state_dict("danet_resnet18", EVENT_DANET_CONFIG, seed),
+        description="random weights, for tests",
+        **extra,
+    )
