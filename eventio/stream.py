@@ -24,6 +24,7 @@ import struct
 import numpy as np
 
 from eventio import EVENT_DTYPE
+from eventio._flatbuffers import FlatBufferReader
 from eventio.aedat4 import (
     COMPRESSION_NAMES,
     EVENT_BYTES,
@@ -35,7 +36,6 @@ from eventio.aedat4 import (
     _max_events_in,
     _parse_streams,
 )
-from eventio._flatbuffers import FlatBufferReader
 from eventio.errors import CorruptFileError, InvalidEventsError, LimitExceededError, UnknownFormatError
 from eventio.nmnist import OVERFLOW_INCREMENT_US, OVERFLOW_Y, RECORD_BYTES, SENSOR_SIZE
 from eventio.npy import MAGIC as NPY_MAGIC
@@ -148,7 +148,9 @@ class NpyDecoder(PushDecoder):
         buffer = self._buffer
         if len(buffer) < 12 and not (len(buffer) >= 10 and buffer[6] == 1):
             if len(buffer) >= 6 and bytes(buffer[:6]) != NPY_MAGIC:
-                raise CorruptFileError("an npy stream must send whole .npy arrays, each starting '\\x93NUMPY'")
+                raise CorruptFileError(
+                    "an npy stream must send whole .npy arrays, each starting '\\x93NUMPY'"
+                )
             return False
         if bytes(buffer[:6]) != NPY_MAGIC:
             raise CorruptFileError("an npy stream must send whole .npy arrays, each starting '\\x93NUMPY'")
@@ -178,7 +180,9 @@ class NpyDecoder(PushDecoder):
 
     def finish(self) -> None:
         if self._remaining:
-            raise CorruptFileError(f"the npy stream ended with {self._remaining:,} records of an array missing")
+            raise CorruptFileError(
+                f"the npy stream ended with {self._remaining:,} records of an array missing"
+            )
         super().finish()
 
 
@@ -336,7 +340,9 @@ class StreamDecoder:
 
     def __init__(self, fmt: str | None = None, *, max_packet_events: int = DEFAULT_MAX_PACKET_EVENTS) -> None:
         self._max_packet_events = max_packet_events
-        self._decoder: PushDecoder | None = None if fmt is None else open_decoder(fmt, max_packet_events=max_packet_events)
+        self._decoder: PushDecoder | None = (
+            None if fmt is None else open_decoder(fmt, max_packet_events=max_packet_events)
+        )
         self._head = bytearray()
 
     @property

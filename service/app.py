@@ -30,6 +30,7 @@ from service.routes.console import mount_console
 from service.routes.v2 import SERVER_VERSION
 from service.settings import Settings
 from service.state import ServiceState
+from service.streams.admission import StreamSessions
 from workers.pool import WorkerPool
 
 log = logging.getLogger("spikeserve.app")
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
         credentials=make_credentials(settings.admin_token, settings.api_keys),
         resolver=RefResolver(registry),
         decode_slots=DecodeSlots(settings.max_concurrent_large_decodes),
+        streams=StreamSessions(settings.stream_max_sessions, settings.stream_max_sessions_per_key),
     )
 
     @contextlib.asynccontextmanager
@@ -69,6 +71,7 @@ def create_app(settings: Settings | None = None, pool: WorkerPool | None = None)
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            await state.streams.shutdown()  # each live stream gets its final message first
             await state.pool.stop()
 
     app = FastAPI(

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "training.cli",
     "service.worker_command",
     "service.export_command",
+    "service.stream_command",
 )
 
 

@@ -60,6 +60,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "method_not_allowed": 405,
     "request_timeout": 408,
     "too_many_connections": 503,
+    # live streams (their WebSocket close code is 4000 + the status)
+    "too_many_streams": 429,
+    "stream_idle": 408,
 }
 _CODE_BY_HTTP_STATUS = {
     400: "bad_request",

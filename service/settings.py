@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     claim_idle_ms: int = 5_000
     heartbeat_interval_s: float = 2.0
     metrics_port: int | None = None  # a worker's Prometheus /metrics (the gateway serves it on its HTTP port)
+    # live streams (WS /v1/models/{ref}/stream): past a limit the socket closes with 4000 + its status
+    stream_max_sessions: int = 64  # per server (close 4503 past it)
+    stream_max_sessions_per_key: int = 16  # per API key, or per client address without keys (4429)
+    stream_max_message_events: int = 1_000_000  # events one binary message may decode to (4413)
+    stream_max_pending_windows: int = 4  # windows waiting for the model; past it the newest two merge
+    stream_idle_timeout_s: float = 30.0  # no message for this long: final message, close 4408
 
     def batch_size_for(self, model: str) -> int:
         return self.max_batch_size_per_model.get(model, self.max_batch_size)

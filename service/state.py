@@ -5,7 +5,7 @@ One ``ServiceState`` per app, on ``app.state.spikeserve``; routes reach it throu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 from fastapi import Request
@@ -15,6 +15,7 @@ from service.auth import Credentials
 from service.decoding.slots import DecodeSlots
 from service.resolve import RefResolver
 from service.settings import Settings
+from service.streams.admission import StreamSessions
 from workers.pool import WorkerPool
 
 
@@ -27,6 +28,7 @@ class ServiceState:
     resolver: RefResolver
     decode_slots: DecodeSlots
     startup_error: str | None = None  # why the pool failed to start, for /readyz
+    streams: StreamSessions = field(default_factory=lambda: StreamSessions(64, 16))
 
     def is_ready(self) -> bool:
         return self.startup_error is None and self.pool.is_ready()

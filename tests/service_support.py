@@ -20,8 +20,10 @@ with warnings.catch_warnings():
 
 from service.app import create_app
 from service.settings import Settings
+from workers.errors import WorkerUnavailableError
 from workers.pool import WorkerPool
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
+from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 ADMIN = "admin-secret-for-tests"
 
@@ -75,6 +77,15 @@ class StaticPool:
         pass
 
     def unload_model(self, name: str, version: int) -> None:
+        pass
+
+    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+        raise WorkerUnavailableError("StaticPool runs no streams")
+
+    async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
+        raise WorkerUnavailableError("StaticPool runs no streams")
+
+    async def close_stream(self, session_id: str) -> None:
         pass
 
 

@@ -106,7 +106,11 @@ EVENT_DANET_CONFIG: dict[str, Any] = {"num_classes": 10, "in_channels": 2, "base
 
 
 def register_event_danet(
-    registry: Any, name: str = EVENT_DANET_MODEL, seed: int = 0, input: dict[str, Any] | None = None, **extra: Any
+    registry: Any,
+    name: str = EVENT_DANET_MODEL,
+    seed: int = 0,
+    input: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> Any:
     """A random-weight LIF DANet on 34x34 event frames: a causal network that streams with its state."""
     return registry.register(

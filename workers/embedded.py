@@ -16,10 +16,12 @@ from workers.batcher import Batcher
 from workers.error_codec import raise_for_error
 from workers.errors import WorkerUnavailableError
 from workers.protocol import InferenceRequest, InferenceResult
+from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 if TYPE_CHECKING:
     from service.settings import Settings
     from workers.engine import Engine
+    from workers.stream_runner import StreamRunner
 
 log = logging.getLogger("spikeserve.embedded")
 
@@ -37,6 +39,7 @@ class EmbeddedPool:
         self.worker_id = worker_id
         self._registry = registry
         self._engine: Engine | None = None
+        self._streams: StreamRunner | None = None
         self._batcher: Batcher | None = None
         self._ready = False
         self._started_at = 0.0
@@ -50,6 +53,7 @@ class EmbeddedPool:
     async def start(self) -> None:
         """Start the batcher, then load and warm up the default models (all models when none named)."""
         from workers.engine import Engine  # torch arrives here, not at import
+        from workers.stream_runner import StreamRunner
 
         if self.settings.torch_threads:
             import torch
@@ -61,6 +65,13 @@ class EmbeddedPool:
             device=self.settings.device,
             backend=self.settings.neuron_backend,
             worker_id=self.worker_id,
+        )
+        self._streams = StreamRunner(
+            self.registry,
+            device=self.settings.device,
+            backend=self.settings.neuron_backend,
+            worker_id=self.worker_id,
+            max_sessions=self.settings.stream_max_sessions,
         )
         self._batcher = Batcher(
             self._engine.run_batch,
@@ -135,6 +146,22 @@ class EmbeddedPool:
                 "last_heartbeat": time.time(),
             }
         ]
+
+    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+        runner = self._require_streams()
+        return await asyncio.to_thread(runner.describe, name, version)
+
+    async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
+        return await asyncio.to_thread(self._require_streams().run_window, window)
+
+    async def close_stream(self, session_id: str) -> None:
+        if self._streams is not None:
+            self._streams.close(session_id)
+
+    def _require_streams(self) -> StreamRunner:
+        if self._streams is None:
+            raise WorkerUnavailableError("the worker is starting; retry shortly")
+        return self._streams
 
     def _require_engine(self) -> Engine:
         if self._engine is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from workers.protocol import InferenceRequest, InferenceResult
+from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 
 class WorkerPool(Protocol):
@@ -57,4 +58,20 @@ class WorkerPool(Protocol):
 
     def unload_model(self, name: str, version: int) -> None:
         """Forget ``name:version`` after it was deleted from the registry."""
+        ...
+
+    # -- live streams: a session's windows go to the worker that holds its state ------------------
+
+    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+        """(mode, context_steps) for a stream on ``name:version`` ("stateful" keeps membranes across
+        windows; "sliding" reruns the last context_steps frames), loading its stream copy; raises
+        ``WorkerUnavailableError`` (503) where this pool cannot hold streams."""
+        ...
+
+    async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
+        """Answer one window of a session (``StreamAnswer.state_reset`` when its state was lost)."""
+        ...
+
+    async def close_stream(self, session_id: str) -> None:
+        """Forget a session's state."""
         ...

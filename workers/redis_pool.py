@@ -33,6 +33,7 @@ from workers.error_codec import raise_for_error
 from workers.heartbeat import read_live_workers
 from workers.protocol import InferenceRequest, InferenceResult
 from workers.redis_streams import ENQUEUE_LUA, REPLY_TTL_MS, StreamKeys, connect, field
+from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -342,6 +343,19 @@ class RedisPool:
 
     def unload_model(self, name: str, version: int) -> None:
         """Nothing to do here: workers drop deleted versions when they hear of the change."""
+
+    # Live streams are not relayed over Redis yet: a session's state would have to be pinned to one
+    # worker and moved on its death. The gateway refuses them with a clear 503 instead.
+    _NO_STREAMS = "live streams are served by the embedded pool only; start the gateway without redis_url"
+
+    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+        raise errors.WorkerUnavailableError(self._NO_STREAMS)
+
+    async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
+        raise errors.WorkerUnavailableError(self._NO_STREAMS)
+
+    async def close_stream(self, session_id: str) -> None:
+        """Nothing is held here."""
 
     def _safe_url(self) -> str:
         """The Redis URL without its password, for messages."""

@@ -94,7 +94,9 @@ class StreamRunner:
         manifest, module = self.registry.load(f"{name}:{version}", device=str(self.device))
         mode = stream_mode(module)
         try:
-            forward: Any = optimize_for_inference(module, self.device, backend=self.backend, cuda_graphs=False)
+            forward: Any = optimize_for_inference(
+                module, self.device, backend=self.backend, cuda_graphs=False
+            )
             module = forward.model
         except Exception as exc:  # served as loaded, like the engine does
             log.warning("optimize_for_inference failed for the stream copy of %s:%d (%s)", name, version, exc)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from tiny_zoo import EVENT_DANET_MODEL, EVENTS_MODEL, register_event_danet, register_spikeformer
 
 from registry import Registry
-from tiny_zoo import EVENT_DANET_MODEL, EVENTS_MODEL, register_event_danet, register_spikeformer
 from workers.stream_protocol import StreamWindow
 from workers.stream_runner import StreamRunner
 
@@ -60,8 +58,12 @@ def test_sessions_keep_their_own_state(registry: Registry) -> None:
     for i in range(2):  # interleaved: each session's membranes are swapped in for its window
         a = runner.run_window(window(EVENT_DANET_MODEL, i, x[4 * i : 4 * i + 4], session="a"))
         b = runner.run_window(window(EVENT_DANET_MODEL, i, y[4 * i : 4 * i + 4], session="b"))
-    torch.testing.assert_close(torch.tensor(a.logits), whole_forward(registry, EVENT_DANET_MODEL, x), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(torch.tensor(b.logits), whole_forward(registry, EVENT_DANET_MODEL, y), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(a.logits), whole_forward(registry, EVENT_DANET_MODEL, x), atol=1e-4, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.tensor(b.logits), whole_forward(registry, EVENT_DANET_MODEL, y), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_reset_starts_from_rest_and_an_unknown_session_says_state_reset(registry: Registry) -> None:
@@ -96,7 +98,11 @@ def test_sessions_are_bounded(registry: Registry) -> None:
 
 
 def test_telemetry_per_window(registry: Registry) -> None:
-    answer = StreamRunner(registry, backend="torch").run_window(window(EVENT_DANET_MODEL, 0, frames(2, seed=7)))
+    answer = StreamRunner(registry, backend="torch").run_window(
+        window(EVENT_DANET_MODEL, 0, frames(2, seed=7))
+    )
     assert answer.telemetry is not None and 0.0 <= answer.telemetry["spike_rate"] <= 1.0
-    quiet = StreamRunner(registry, backend="torch").run_window(window(EVENT_DANET_MODEL, 0, frames(2, seed=7), telemetry="none"))
+    quiet = StreamRunner(registry, backend="torch").run_window(
+        window(EVENT_DANET_MODEL, 0, frames(2, seed=7), telemetry="none")
+    )
     assert quiet.telemetry is None

@@ -1,0 +1,143 @@
+"""Live events -> windows of frames, on a fixed time grid (numpy only: it runs in the gateway).
+
+The grid starts at the first event after a (re)start: window i covers
+``[start + i * window_us, start + (i + 1) * window_us)`` and is binned into ``steps`` frames of
+``window_us / steps`` each, so a stream binned window by window gives the same frames as one
+recording binned in ``time_window`` bins of ``window_us / steps`` from its first event.
+
+A window is emitted once an event at or past its end arrives (or on ``flush``). Events before the
+current window (late, from a producer that reorders) are dropped and counted. A gap with no
+events emits at most ``max_empty_windows`` empty windows (a stateful network's membranes decay
+through them), then jumps the grid to the next event's window; memory stays one window of frames.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Window:
+    """One window: frames [steps, 2, H, W] float32 counts (channel 0 OFF, 1 ON).
+
+    start_us/end_us: event time, end exclusive. merged: how many grid windows it holds (more
+    than one when the producer ran ahead of the model and windows were merged).
+    completed_at: ``time.perf_counter()`` when the bytes that completed it arrived.
+    """
+
+    index: int
+    start_us: int
+    end_us: int
+    frames: np.ndarray
+    events: int
+    completed_at: float
+    merged: int = 1
+
+    def merge(self, later: Window) -> None:
+        """Fold a later window into this one: counts add step by step, the end moves on."""
+        self.frames += later.frames
+        self.events += later.events
+        self.end_us = later.end_us
+        self.merged += later.merged
+        self.completed_at = min(self.completed_at, later.completed_at)
+
+
+class Windower:
+    """Bins events of a ``(width, height)`` sensor into windows of ``window_us`` and ``steps`` frames."""
+
+    def __init__(
+        self, window_us: int, steps: int, sensor_size: tuple[int, int], *, max_empty_windows: int = 16
+    ) -> None:
+        if window_us < 1 or steps < 1:
+            raise ValueError("window_us and steps must be >= 1")
+        self.window_us = int(window_us)
+        self.steps = int(steps)
+        self.width, self.height = (int(n) for n in sensor_size)
+        self.max_empty_windows = max_empty_windows
+        self.late_events = 0
+        self.skipped_windows = 0  # empty windows of long gaps, jumped over
+        self._next_index = 0
+        self._start: int | None = None  # the current window's start (event time, us)
+        self._frames = self._empty()
+        self._count = 0
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.steps, 2, self.height, self.width), dtype=np.float32)
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+    def restart(self) -> None:
+        """Forget the current window; the next event starts a new grid."""
+        self._start = None
+        self._frames = self._empty()
+        self._count = 0
+
+    def push(self, events: np.ndarray) -> list[Window]:
+        """Add events [N] (fields x, y, t, p; on the sensor) and return the windows they completed."""
+        if len(events) == 0:
+            return []
+        now = time.perf_counter()
+        t = events["t"].astype(np.int64)
+        if self._start is None:
+            self._start = int(t.min())
+        late = t < self._start
+        if late.any():
+            self.late_events += int(late.sum())
+            events, t = events[~late], t[~late]
+            if len(events) == 0:
+                return []
+        offsets = (t - self._start) // self.window_us  # 0: the current window, k: k windows later
+        done: list[Window] = []
+        if offsets.max() == 0:
+            self._add(events, t)
+            return done
+        order = np.argsort(offsets, kind="stable")
+        events, t, offsets = events[order], t[order], offsets[order]
+        bounds = np.flatnonzero(np.diff(offsets)) + 1
+        current = 0  # the offset of the window being filled
+        for group in np.split(np.arange(len(offsets)), bounds):
+            ahead = int(offsets[group[0]]) - current
+            if ahead > 0:
+                done.append(self._close(now))
+                empty = ahead - 1
+                for _ in range(min(empty, self.max_empty_windows)):
+                    done.append(self._close(now))
+                jumped = max(0, empty - self.max_empty_windows)
+                self.skipped_windows += jumped
+                assert self._start is not None
+                self._start += jumped * self.window_us
+                current += ahead
+            self._add(events[group], t[group])
+        return done
+
+    def flush(self) -> Window | None:
+        """Emit the current window now (its frames after the last event stay empty); None if not started."""
+        if self._start is None:
+            return None
+        return self._close(time.perf_counter())
+
+    def _add(self, events: np.ndarray, t: np.ndarray) -> None:
+        assert self._start is not None
+        step = (t - self._start) * self.steps // self.window_us
+        x = events["x"].astype(np.int64)
+        y = events["y"].astype(np.int64)
+        p = events["p"].astype(np.int64)
+        index = ((step * 2 + p) * self.height + y) * self.width + x
+        self._frames += np.bincount(index, minlength=self._frames.size).reshape(self._frames.shape)
+        self._count += len(events)
+
+    def _close(self, now: float) -> Window:
+        assert self._start is not None
+        window = Window(
+            self._next_index, self._start, self._start + self.window_us, self._frames, self._count, now
+        )
+        self._next_index += 1
+        self._start += self.window_us
+        self._frames = self._empty()
+        self._count = 0
+        return window
