@@ -96,11 +96,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     delete = action("delete", _delete, "delete one version (its weights go at the next gc)")
     delete.add_argument("ref", help="name:N or name@alias")
     delete.add_argument("--force", action="store_true", help="also remove aliases that point at it")
-    action("verify", _verify, "recompute every digest; exit 1 on any problem")
-    gc = action("gc", _gc, "remove unreferenced weights and leftovers of killed writers")
-    gc.add_argument(
-        "--tmp-max-age", type=float, default=3600.0, metavar="S", help="also remove temp files older than S s"
+    verify = action("verify", _verify, "recompute every digest; exit 1 on any problem")
+    verify.add_argument(
+        "--load", action="store_true", help="also build every version and run one forward (needs torch)"
     )
+    action("gc", _gc, "remove unreferenced weights and leftovers of killed writers (at once)")
     export = action("export", _export, "write one version to a .tar bundle")
     export.add_argument("ref")
     export.add_argument("file", type=Path)
@@ -239,7 +239,7 @@ def _delete(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _verify(registry: Registry, args: argparse.Namespace) -> int:
-    report = registry.verify()
+    report = registry.verify(load=args.load)
     if _json(args):
         _print_json({**dataclasses.asdict(report), "ok": report.ok})
         return 0 if report.ok else 1
@@ -257,7 +257,7 @@ def _verify(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _gc(registry: Registry, args: argparse.Namespace) -> int:
-    report = registry.gc(tmp_max_age_s=args.tmp_max_age)
+    report = registry.gc()
     if _json(args):
         return _print_json(dataclasses.asdict(report))
     print(

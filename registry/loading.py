@@ -77,3 +77,45 @@ def _few(keys: list[str], limit: int = 5) -> str:
         return "none"
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def sample_shape(manifest: Manifest) -> tuple[int, int, int]:
+    """One sample's step input: images (C, H, W); event frames (polarities, H, W)."""
+    spec = manifest.input
+    if spec.kind == "image":
+        return (spec.channels, spec.height, spec.width)
+    return (spec.polarities, spec.sensor_height, spec.sensor_width)
+
+
+def check_runs(manifest: Manifest, weights: bytes) -> None:
+    """Build ``manifest``'s network, load ``weights`` strictly, run one forward on the default input
+    (zeros, [T_default, 1, *sample_shape]) on the CPU with the eager neurons, and check the answer
+    is [1, len(labels)]. LoadError says what failed; nothing is kept."""
+    try:
+        import torch
+    except ImportError:
+        raise LoadError(
+            f"{manifest.ref}: checking that weights load needs torch, which is not installed here; "
+            "register from a machine with torch (a worker image, or `spikeserve registry register`)"
+        ) from None
+    from models.base import reset_state, set_backend, set_streaming
+
+    model = build_model(manifest, weights, "cpu")
+    set_streaming(model, False)
+    set_backend(model, "torch")  # the reference neurons: no compilation for a check
+    x = torch.zeros((manifest.time_steps.default, 1, *sample_shape(manifest)))
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+    except Exception as exc:
+        first_line = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise LoadError(
+            f"{manifest.ref}: one forward on the default input {list(x.shape)} failed: {first_line}"
+        ) from None
+    finally:
+        reset_state(model)
+    if tuple(logits.shape) != (1, len(manifest.labels)):
+        raise LoadError(
+            f"{manifest.ref}: the network answers shape {list(logits.shape)} for one sample; "
+            f"the manifest's {len(manifest.labels)} labels need [1, {len(manifest.labels)}]"
+        )

@@ -1,34 +1,29 @@
-"""Checking and tidying a registry folder: ``verify`` (recompute every digest) and ``gc``."""
+"""Checking and tidying a registry folder: ``verify`` (recompute every digest; with ``load``, also
+build and run every version) and ``gc``."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, LoadError
+from registry.heads import read_head, sweep
 from registry.manifest import Manifest, check_alias, check_model_name
 from registry.store import (
     TMP_PREFIX,
     RegistryLayout,
     hash_file,
     model_names,
-    read_json,
     temp_files,
-    version_numbers,
 )
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_TEMP_PID = re.compile(rf"^{re.escape(TMP_PREFIX)}(\d+)-")
 
 
 @dataclass(frozen=True)
 class Problem:
     """One finding of ``verify``. kind: invalid_manifest, missing_blob, tampered, dangling_alias,
-    invalid_aliases, stray_entry."""
+    invalid_aliases, stray_entry, missing_manifest, load_failed (with ``load``)."""
 
     kind: str
     subject: str  # the ref ("name:3"), alias ("name@prod") or path concerned
@@ -52,6 +47,8 @@ class VerifyReport:
 
 @dataclass(frozen=True)
 class GcReport:
+    """removed_temp_files: dead writers' temp files, and manifests or folders they never committed."""
+
     removed_blobs: tuple[str, ...]
     freed_bytes: int
     removed_temp_files: tuple[str, ...] = field(default=())
@@ -72,8 +69,9 @@ def read_manifest(layout: RegistryLayout, name: str, version: int) -> Manifest:
     return manifest
 
 
-def verify(layout: RegistryLayout) -> VerifyReport:
-    """Read every manifest and alias, recompute every referenced blob's sha256 and size."""
+def verify(layout: RegistryLayout, load: bool = False) -> VerifyReport:
+    """Read every manifest and alias, recompute every referenced blob's sha256 and size; with
+    ``load``, also build every version's network and run one forward (needs torch)."""
     problems: list[Problem] = []
     users: dict[str, list[Manifest]] = {}
     checked = 0
@@ -87,18 +85,31 @@ def verify(layout: RegistryLayout) -> VerifyReport:
                 problems.append(Problem("stray_entry", str(entry), f"{entry} is not a valid model folder"))
                 continue
             name = entry.name
-            versions = version_numbers(layout, name)
+            try:
+                head = read_head(layout, name)
+            except IntegrityError as exc:
+                problems.append(Problem("invalid_aliases", name, str(exc)))
+                continue
+            versions = list(head.versions)
             for version in versions:
                 checked += 1
                 try:
                     manifest = read_manifest(layout, name, version)
+                except FileNotFoundError:
+                    path = layout.manifest(name, version)
+                    message = f"{name}:{version} is committed but its manifest {path.name} is missing"
+                    problems.append(Problem("missing_manifest", f"{name}:{version}", message))
+                    continue
                 except (IntegrityError, OSError) as exc:
                     problems.append(Problem("invalid_manifest", f"{name}:{version}", str(exc)))
                     continue
                 users.setdefault(manifest.weights.sha256, []).append(manifest)
-            problems.extend(_alias_problems(layout, name, set(versions)))
+            problems.extend(_alias_problems(name, head.aliases, set(versions)))
     for digest, manifests in sorted(users.items()):
-        problems.extend(_blob_problems(layout, digest, manifests))
+        found = _blob_problems(layout, digest, manifests)
+        problems.extend(found)
+        if load and not found:
+            problems.extend(_load_problems(layout, manifests))
     unreferenced, stray = _unreferenced_blobs(layout, set(users))
     problems.extend(
         Problem("stray_entry", p, f"{p} is not a blob (name is not a sha256 digest)") for p in stray
@@ -131,16 +142,7 @@ def _blob_problems(layout: RegistryLayout, digest: str, manifests: list[Manifest
     ]
 
 
-def _alias_problems(layout: RegistryLayout, name: str, versions: set[int]) -> list[Problem]:
-    path = layout.aliases_file(name)
-    if not path.exists():
-        return []
-    try:
-        aliases = read_json(path)
-        if not isinstance(aliases, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        return [Problem("invalid_aliases", str(path), f"{path} is not valid: {exc}")]
+def _alias_problems(name: str, aliases: dict[str, int], versions: set[int]) -> list[Problem]:
     problems = []
     for alias, version in sorted(aliases.items()):
         try:
@@ -154,6 +156,19 @@ def _alias_problems(layout: RegistryLayout, name: str, versions: set[int]) -> li
                     "dangling_alias", f"{name}@{alias}", f"{name}@{alias} points at missing version {version}"
                 )
             )
+    return problems
+
+
+def _load_problems(layout: RegistryLayout, manifests: list[Manifest]) -> list[Problem]:
+    """Versions whose (intact) weights do not build, load strictly or run one forward."""
+    from registry.loading import check_runs, read_verified
+
+    problems = []
+    for manifest in manifests:
+        try:
+            check_runs(manifest, read_verified(manifest, layout.blob(manifest.weights.sha256)))
+        except (LoadError, IntegrityError) as exc:
+            problems.append(Problem("load_failed", manifest.ref, exc.message))
     return problems
 
 
@@ -172,34 +187,22 @@ def _unreferenced_blobs(layout: RegistryLayout, referenced: set[str]) -> tuple[l
 
 
 def referenced_digests(layout: RegistryLayout) -> set[str]:
-    """Digests named by any manifest. IntegrityError on an unreadable manifest: gc must not
-    guess which blob it needed."""
+    """Digests named by any committed manifest. IntegrityError on an unreadable manifest: gc must
+    not guess which blob it needed."""
     digests = set()
     for name in model_names(layout):
-        for version in version_numbers(layout, name):
+        for version in read_head(layout, name).versions:
             digests.add(read_manifest(layout, name, version).weights.sha256)
     return digests
 
 
-def _writer_gone(path: Path) -> bool:
-    match = _TEMP_PID.match(path.name)
-    if not match:
-        return False
-    try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False
-    return False
+def gc(layout: RegistryLayout) -> GcReport:
+    """Remove what dead writers left (``heads.sweep``: temp files, uncommitted manifests and
+    folders) and blobs no committed manifest names. Hold the writer lock.
 
-
-def gc(layout: RegistryLayout, tmp_max_age_s: float = 3600.0) -> GcReport:
-    """Remove blobs no manifest names, and temp files of writers that died. Hold the writer lock.
-
-    A temp file goes when its writer's process is gone or it is older than ``tmp_max_age_s``
-    (blobs are staged outside the lock, so a young temp file may belong to a live registration).
-    """
+    A temp file goes as soon as its writer is dead (its ``flock`` is free), however young it is;
+    a live writer's stays, however old."""
+    swept = sweep(layout)
     referenced = referenced_digests(layout)
     removed, freed = [], 0
     unreferenced, _ = _unreferenced_blobs(layout, referenced)
@@ -209,11 +212,4 @@ def gc(layout: RegistryLayout, tmp_max_age_s: float = 3600.0) -> GcReport:
         blob.unlink()
         removed.append(digest)
         freed += size
-    now = time.time()
-    removed_temp = []
-    for temp in temp_files(layout):
-        with contextlib.suppress(FileNotFoundError):
-            if _writer_gone(temp) or now - temp.stat().st_mtime >= tmp_max_age_s:
-                temp.unlink()
-                removed_temp.append(str(temp))
-    return GcReport(tuple(removed), freed, tuple(removed_temp))
+    return GcReport(tuple(removed), freed, tuple(swept))

@@ -1,8 +1,11 @@
 """``Registry(root)``: versioned checkpoints with manifests, aliases and content-addressed weights.
 
 Readers take no lock: every file is replaced atomically, so a reader sees a whole manifest or
-none. Writers (register, aliases, delete, gc, import) hold one file lock for the short commit step;
-copying and hashing weights happens before it. See registry/store.py for the folder layout.
+none, and a model's ``head.json`` is the one commit point of each write to it (registry/heads.py).
+Writers (register, aliases, delete, gc, import) hold one file lock for the short commit step;
+copying and hashing weights, and checking that they load and run, happen before it. A version
+that fails its check is never written: the registry stays byte for byte as it was. See
+registry/store.py for the folder layout.
 
 Hot reload: every write bumps the ``generation`` counter (one small file). The gateway's resolver
 drops its cache when it moves; in distributed mode the gateway publishes the change over Redis
@@ -14,17 +17,18 @@ from __future__ import annotations
 import builtins
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from registry import bundle, loading, maintenance, store
+from registry import bundle, heads, loading, maintenance, store
 from registry.errors import (
-    IntegrityError,
     InvalidManifestError,
+    InvalidWeightsError,
+    LoadError,
     ModelNotFoundError,
     VersionInUseError,
     describe_validation_error,
@@ -90,7 +94,7 @@ class Registry:
         time_steps: TimeSteps | Mapping[str, Any],
         input: ImageInput | EventInput | Mapping[str, Any],
         labels: Sequence[str],
-        weights: str | Path | Mapping[str, Any],
+        weights: str | Path | Mapping[str, Any] | IO[bytes],
         metrics: Sequence[Metric | Mapping[str, Any]] = (),
         description: str = "",
         tags: Mapping[str, str] | None = None,
@@ -100,8 +104,11 @@ class Registry:
     ) -> Manifest:
         """Store ``weights`` as a new version of ``name`` (1, 2, ...) and return its manifest.
 
-        weights: a ``.safetensors`` path, a ``.pt``/``.pth`` state dict (read with
-        ``weights_only=True``), or a state dict of tensors. ``aliases`` are pointed at the new version.
+        weights: a ``.safetensors`` path or an open binary file of one, a ``.pt``/``.pth`` state
+        dict (read with ``weights_only=True``), or a state dict of tensors. ``aliases`` are pointed
+        at the new version. The version is committed, and the aliases move, only after the weights
+        loaded strictly into the architecture and one forward on the default input ran
+        (InvalidWeightsError otherwise, with nothing written).
         """
         fields: dict[str, Any] = {
             "name": model_name(name),
@@ -122,6 +129,20 @@ class Registry:
         staged = stage_weights(self.layout, weights)
         return self._commit(fields, staged, alias_list)
 
+    def _check_runs(self, fields: dict[str, Any], staged: StagedBlob) -> None:
+        store.crash_point("weights-staged")
+        manifest = _validate(fields, staged.sha256, staged.size)
+        try:
+            loading.check_runs(manifest, staged.read_bytes())
+        except LoadError as exc:
+            if "needs torch" in exc.message:
+                raise
+            reason = exc.message.removeprefix(f"{manifest.ref}: ")
+            raise InvalidWeightsError(
+                f"{manifest.name}: the new version does not load: {reason}; nothing was registered"
+            ) from None
+        store.crash_point("weights-checked")
+
     def import_(self, path: str | Path, *, name: str | None = None) -> Manifest:
         """Add the bundle at ``path`` (from ``export``) as a new version of its model, or of ``name``."""
         new_name = None if name is None else model_name(name)  # checked before any byte is copied
@@ -133,26 +154,35 @@ class Registry:
 
     def _commit(self, fields: dict[str, Any], staged: StagedBlob, aliases: builtins.list[str]) -> Manifest:
         try:
-            _validate(fields, staged.sha256, staged.size)
+            self._check_runs(fields, staged)
             with store.writer_lock(self.layout, self.lock_timeout_s):
+                heads.sweep(self.layout)
                 self.layout.create()
                 name = fields["name"]
-                version = store.next_version(self.layout, name)
+                head = self._head_for_writing(name)
+                version = head.last_version + 1
                 manifest = _validate({**fields, "version": version}, staged.sha256, staged.size)
                 store.commit_blob(self.layout, staged)
+                store.crash_point("blob-committed")
                 store.atomic_write_bytes(
                     self.layout.manifest(name, version), (manifest.model_dump_json(indent=2) + "\n").encode()
                 )
-                store.atomic_write_bytes(self.layout.last_version_file(name), f"{version}\n".encode())
-                if aliases:
-                    current = self._read_aliases(name)
-                    current.update(dict.fromkeys(aliases, version))
-                    store.atomic_write_json(self.layout.aliases_file(name), current)
+                store.crash_point("manifest-written")
+                heads.write_head(self.layout, name, head.with_version(version, aliases))  # the commit
+                store.crash_point("head-written")
                 store.bump_generation(self.layout)
                 return manifest
         except BaseException:
             store.discard(staged)  # the blob was not committed: drop its temp file
             raise
+
+    def _head_for_writing(self, name: str) -> heads.ModelHead:
+        """``name``'s head, committed as it is first when only the older layout (or nothing) holds
+        it, so that the change that follows is one replace of head.json."""
+        head = heads.read_head(self.layout, name)
+        if not self.layout.head_file(name).exists():
+            heads.write_head(self.layout, name, head)
+        return head
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -193,10 +223,11 @@ class Registry:
         latest); IntegrityError if that one does not validate (``verify`` lists every such file)."""
         summaries = []
         for name in store.model_names(self.layout):
-            versions = store.version_numbers(self.layout, name)
+            head = heads.read_head(self.layout, name)
+            versions = list(head.versions)
             if not versions:
                 continue
-            aliases = self._read_aliases(name)
+            aliases = dict(head.aliases)
             latest = maintenance.read_manifest(self.layout, name, versions[-1])
             summaries.append(
                 ModelSummary(
@@ -241,20 +272,19 @@ class Registry:
             if number not in versions:
                 listed = ", ".join(map(str, versions))
                 raise ModelNotFoundError(f"model {name!r} has no version {number}; versions: {listed}")
-            aliases = self._read_aliases(name)
-            aliases[alias] = number
-            store.atomic_write_json(self.layout.aliases_file(name), aliases)
+            head = heads.read_head(self.layout, name)
+            heads.write_head(self.layout, name, replace(head, aliases={**head.aliases, alias: number}))
             store.bump_generation(self.layout)
 
     def remove_alias(self, name: str, alias: str) -> None:
         name, alias = model_name(name), alias_name(alias)
         with store.writer_lock(self.layout, self.lock_timeout_s):
-            aliases = self._read_aliases(name)
-            if alias not in aliases:
-                known = ", ".join(sorted(aliases)) or "none"
+            head = heads.read_head(self.layout, name)
+            if alias not in head.aliases:
+                known = ", ".join(sorted(head.aliases)) or "none"
                 raise ModelNotFoundError(f"model {name!r} has no alias {alias!r}; aliases: {known}")
-            del aliases[alias]
-            store.atomic_write_json(self.layout.aliases_file(name), aliases)
+            kept = {a: v for a, v in head.aliases.items() if a != alias}
+            heads.write_head(self.layout, name, replace(head, aliases=kept))
             store.bump_generation(self.layout)
 
     def delete_version(self, name: str, version: int | str, force: bool = False) -> Manifest:
@@ -264,31 +294,31 @@ class Registry:
         name, number = model_name(name), version_number(version)
         with store.writer_lock(self.layout, self.lock_timeout_s):
             manifest = self.resolve(f"{name}:{number}")
-            aliases = self._read_aliases(name)
-            pointing = sorted(alias for alias, target in aliases.items() if target == number)
+            head = heads.read_head(self.layout, name)
+            pointing = sorted(alias for alias, target in head.aliases.items() if target == number)
             if pointing and not force:
                 raise VersionInUseError(
                     f"{manifest.ref} is the target of alias(es) {', '.join(pointing)}; "
                     "move them first or delete with force"
                 )
-            if pointing:
-                store.atomic_write_json(
-                    self.layout.aliases_file(name), {a: v for a, v in aliases.items() if a not in pointing}
-                )
+            kept = {a: v for a, v in head.aliases.items() if a not in pointing}
+            versions = tuple(v for v in head.versions if v != number)
+            heads.write_head(self.layout, name, replace(head, versions=versions, aliases=kept))  # the commit
             store.remove_file(self.layout.manifest(name, number))
             store.bump_generation(self.layout)
             return manifest
 
     # ---- integrity, tidying, bundles --------------------------------------------------------
 
-    def verify(self) -> VerifyReport:
-        """Recompute every digest; the report names tampered or missing weights and bad manifests."""
-        return maintenance.verify(self.layout)
+    def verify(self, *, load: bool = False) -> VerifyReport:
+        """Recompute every digest; the report names tampered or missing weights and bad manifests.
+        ``load``: also build every version and run one forward (``load_failed`` problems)."""
+        return maintenance.verify(self.layout, load=load)
 
-    def gc(self, *, tmp_max_age_s: float = 3600.0) -> GcReport:
-        """Remove blobs that no manifest names, and temp files that dead writers left."""
+    def gc(self) -> GcReport:
+        """Remove blobs that no manifest names, and what dead writers left (at once, no age wait)."""
         with store.writer_lock(self.layout, self.lock_timeout_s):
-            report = maintenance.gc(self.layout, tmp_max_age_s=tmp_max_age_s)
+            report = maintenance.gc(self.layout)
             if report.removed_blobs or report.removed_temp_files:
                 store.bump_generation(self.layout)
             return report
@@ -312,23 +342,20 @@ class Registry:
     # ---- helpers ----------------------------------------------------------------------------
 
     def _versions_of(self, name: str) -> builtins.list[int]:
-        versions = store.version_numbers(self.layout, name)
+        versions = list(heads.read_head(self.layout, name).versions)
         if not versions:
-            known = ", ".join(store.model_names(self.layout)) or "none"
+            known = ", ".join(self._model_names()) or "none"
             raise ModelNotFoundError(f"no model named {name!r} in the registry; models: {known}")
         return versions
 
+    def _model_names(self) -> builtins.list[str]:
+        """Models with at least one committed version."""
+        return [
+            name for name in store.model_names(self.layout) if heads.read_head(self.layout, name).versions
+        ]
+
     def _read_aliases(self, name: str) -> dict[str, int]:
-        path = self.layout.aliases_file(name)
-        try:
-            aliases = store.read_json(path)
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            raise IntegrityError(f"aliases file {path} is not valid JSON: {exc}") from None
-        if not isinstance(aliases, dict) or not all(isinstance(v, int) for v in aliases.values()):
-            raise IntegrityError(f"aliases file {path} is not a JSON object of alias to version")
-        return {str(k): v for k, v in aliases.items()}
+        return dict(heads.read_head(self.layout, name).aliases)
 
     def _default_version(
         self, name: str, versions: builtins.list[int], aliases: dict[str, int] | None = None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from registry.errors import InvalidWeightsError
-from registry.store import RegistryLayout, StagedBlob, stage_blob
+from registry.store import RegistryLayout, StagedBlob, discard, stage_blob
 
 if TYPE_CHECKING:
     import torch
@@ -162,14 +162,17 @@ def state_dict_to_safetensors(state_dict: Mapping[str, Any]) -> bytes:
     return save(tensors)
 
 
-def stage_weights(layout: RegistryLayout, weights: str | Path | Mapping[str, Any]) -> StagedBlob:
+def stage_weights(layout: RegistryLayout, weights: str | Path | Mapping[str, Any] | IO[bytes]) -> StagedBlob:
     """Check ``weights`` and stage them as a safetensors blob (not yet committed).
 
-    weights: a ``.safetensors`` path (checked, copied as is), a ``.pt``/``.pth`` path (tensors only,
-    converted), or a state dict of tensors (saved with safetensors).
+    weights: a ``.safetensors`` path or an open, seekable binary file of one (checked, copied as
+    is), a ``.pt``/``.pth`` path (tensors only, converted), or a state dict of tensors (saved with
+    safetensors).
     """
     if isinstance(weights, Mapping):
         return stage_blob(layout, state_dict_to_safetensors(weights))
+    if not isinstance(weights, str | Path):
+        return _stage_safetensors(layout, weights, "the uploaded weights")
     path = Path(weights)
     if not path.is_file():
         raise InvalidWeightsError(f"weights file {path} does not exist")
@@ -182,11 +185,15 @@ def stage_weights(layout: RegistryLayout, weights: str | Path | Mapping[str, Any
             "weights_only=True); other formats may execute code when loaded"
         )
     with path.open("rb") as handle:
-        size = path.stat().st_size
-        read_safetensors_header(handle, size, source=str(path))
-        # bounded by the size we checked: a file that grows while we copy would not match it
-        staged = stage_blob(layout, handle, max_bytes=size)
+        return _stage_safetensors(layout, handle, f"weights file {path}")
+
+
+def _stage_safetensors(layout: RegistryLayout, handle: IO[bytes], source: str) -> StagedBlob:
+    size = handle.seek(0, 2)
+    read_safetensors_header(handle, size, source=source)  # leaves the handle at 0
+    # bounded by the size we checked: a file that grows while we copy would not match it
+    staged = stage_blob(layout, handle, max_bytes=size)
     if staged.size != size:
-        staged.temp_path.unlink(missing_ok=True)
-        raise InvalidWeightsError(f"weights file {path} changed while it was copied")
+        discard(staged)
+        raise InvalidWeightsError(f"{source} changed while it was copied")
     return staged

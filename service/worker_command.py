@@ -173,10 +173,13 @@ async def serve(
 
     def reload() -> None:
         """Load what aliases point to now; forget versions the registry no longer has."""
-        from registry.errors import ModelNotFoundError
+        from registry.errors import LoadError, ModelNotFoundError
 
         for name, version in sorted(served.wanted_versions()):
-            engine.ensure_loaded(name, version)
+            try:
+                engine.ensure_loaded(name, version)
+            except LoadError:  # a broken version: its requests get 503 load_failed, the others are served
+                continue  # the engine logged it; heartbeats list it under "failed"
         for name, version in engine.loaded():
             try:
                 registry.resolve(f"{name}:{version}")
@@ -205,6 +208,7 @@ async def serve(
         describe=lambda: {
             "device": settings.device,
             "loaded": [f"{name}:{version}" for name, version in engine.loaded()],
+            "failed": engine.failed(),
             "batches": batcher.batches_run,
         },
         on_registry_change=lambda: asyncio.to_thread(reload),

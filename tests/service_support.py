@@ -73,8 +73,8 @@ class StaticPool:
     def describe_workers(self) -> list[dict[str, Any]]:
         return []
 
-    async def load_model(self, name: str, version: int) -> None:
-        pass
+    def failed_models(self) -> dict[str, str]:
+        return {}
 
     def unload_model(self, name: str, version: int) -> None:
         pass

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from registry import Registry
+from registry.errors import LoadError
 from workers.batcher import Batcher
 from workers.error_codec import raise_for_error
 from workers.errors import WorkerUnavailableError
@@ -83,7 +84,10 @@ class EmbeddedPool:
         refs = list(self.settings.default_models) or [summary.name for summary in self.registry.list()]
         for ref in refs:
             manifest = await asyncio.to_thread(self.registry.resolve, ref)
-            await self.load_model(manifest.name, manifest.version)
+            try:
+                await self.load_model(manifest.name, manifest.version)
+            except LoadError:  # one broken version must not keep every other model from serving
+                continue  # the engine logged it and lists it in failed_models()
         if not refs:
             log.warning("the registry at %s holds no models; serving none", self.settings.registry)
         self._ready = True
@@ -129,6 +133,9 @@ class EmbeddedPool:
 
     def loaded_models(self) -> list[tuple[str, int]]:
         return self._engine.loaded() if self._engine is not None else []
+
+    def failed_models(self) -> dict[str, str]:
+        return self._engine.failed() if self._engine is not None else {}
 
     def describe_workers(self) -> list[dict[str, Any]]:
         if self._engine is None:

@@ -34,6 +34,8 @@ from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
 from models.kernels.lif import eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
+from registry.errors import LoadError, LockTimeoutError, ModelNotFoundError
+from registry.loading import sample_shape
 from registry.manifest import Manifest
 from workers import early_exit, metrics
 from workers.error_codec import encode_error
@@ -76,13 +78,6 @@ class LoadedModel:
         if not self.needs_preparation or steps in self.prepared_steps or self.run_eager is None:
             return self.forward
         return self.run_eager if steps in self.unpreparable_steps else None
-
-
-def _sample_shape(manifest: Manifest) -> tuple[int, int, int]:
-    spec = manifest.input
-    if spec.kind == "image":
-        return (spec.channels, spec.height, spec.width)
-    return (spec.polarities, spec.sensor_height, spec.sensor_width)
 
 
 def _failed(
@@ -149,6 +144,7 @@ class Engine:
         *,
         max_models: int = 16,
         optimize: bool = True,
+        retry_failed_s: float = 30.0,
     ) -> None:
         self.registry = registry
         self.device = torch.device(device)
@@ -157,6 +153,8 @@ class Engine:
         self.max_models = max_models
         self.optimize = optimize
         self._models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self._failures: dict[tuple[str, int], tuple[float, str]] = {}  # monotonic time, message
+        self.retry_failed_s = retry_failed_s
         self._lock = threading.Lock()  # guards _models; loads happen outside it
         self._loading: dict[tuple[str, int], threading.Lock] = {}
         # Compiling for a new T (or capturing its CUDA graphs) takes seconds to minutes: it runs
@@ -178,19 +176,50 @@ class Engine:
                 return loaded
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:  # one thread loads a given version; the others wait for it
-            with self._lock:
-                loaded = self._models.get(key)
-            if loaded is None:
-                loaded = self._load(*key)
+            try:
                 with self._lock:
-                    self._models[key] = loaded
-                    while len(self._models) > self.max_models:
-                        dropped, _ = self._models.popitem(last=False)
-                        log.info("unloaded %s:%d (more than %d models loaded)", *dropped, self.max_models)
-                    metrics.set_models_loaded(len(self._models))
-            with self._lock:
-                self._loading.pop(key, None)
+                    loaded = self._models.get(key)
+                if loaded is None:
+                    loaded = self._load_or_remember_failure(*key)
+                    with self._lock:
+                        self._models[key] = loaded
+                        while len(self._models) > self.max_models:
+                            dropped, _ = self._models.popitem(last=False)
+                            log.info("unloaded %s:%d (more than %d models loaded)", *dropped, self.max_models)
+                        metrics.set_models_loaded(len(self._models))
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
         return loaded
+
+    def _load_or_remember_failure(self, name: str, version: int) -> LoadedModel:
+        """``_load``, or LoadError (503 ``load_failed``) for a version whose checkpoint cannot be
+        built, loaded or run. The failure is remembered for ``retry_failed_s`` (``failed()`` lists
+        it), so that requests for a broken version do not each load it again."""
+        key = (name, version)
+        with self._lock:
+            failure = self._failures.get(key)
+        if failure is not None and time.monotonic() - failure[0] < self.retry_failed_s:
+            raise LoadError(failure[1])
+        try:
+            loaded = self._load(name, version)
+        except (ModelNotFoundError, LockTimeoutError):
+            raise  # nothing wrong with the version itself
+        except Exception as exc:
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            message = f"{name}:{version} cannot be loaded, so it is not served (other models are): {reason}"
+            log.error("%s", message)
+            with self._lock:
+                self._failures[key] = (time.monotonic(), message)
+            raise LoadError(message) from exc
+        with self._lock:
+            self._failures.pop(key, None)
+        return loaded
+
+    def failed(self) -> dict[str, str]:
+        """``name:version`` -> why it cannot be loaded, for versions that failed their last load."""
+        with self._lock:
+            return {f"{name}:{version}": message for (name, version), (_, message) in self._failures.items()}
 
     def _load(self, name: str, version: int) -> LoadedModel:
         started = time.perf_counter()
@@ -211,7 +240,7 @@ class Engine:
                 manifest,
                 module,
                 module,
-                _sample_shape(manifest),
+                sample_shape(manifest),
                 manifest.input.kind,
                 run_eager=_eager_runner(module),
                 needs_preparation=resolve_backend(self.backend, self.device) != "torch",
@@ -238,7 +267,7 @@ class Engine:
             manifest,
             runner.model,
             runner,
-            _sample_shape(manifest),
+            sample_shape(manifest),
             manifest.input.kind,
             optimized=summary,
             run_eager=runner.run_eager,

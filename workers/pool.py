@@ -47,13 +47,13 @@ class WorkerPool(Protocol):
         """The (name, version) pairs loaded and ready to answer, wherever they run."""
         ...
 
-    def describe_workers(self) -> list[dict[str, Any]]:
-        """What ``GET /v1/workers`` lists: id, models, device, batches, last heartbeat."""
+    def failed_models(self) -> dict[str, str]:
+        """``name:version`` -> why it cannot be loaded, for versions whose load failed (their
+        requests are answered 503 ``load_failed``; every other model is served)."""
         ...
 
-    async def load_model(self, name: str, version: int) -> None:
-        """Make ``name:version`` ready here now, or raise why it cannot load (a pool whose workers
-        run elsewhere returns at once: they load on the registry change)."""
+    def describe_workers(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/workers`` lists: id, models, device, batches, last heartbeat."""
         ...
 
     def unload_model(self, name: str, version: int) -> None:

@@ -338,8 +338,14 @@ class RedisPool:
         """Live workers as of the last heartbeat refresh: id, models, device, batches, last beat."""
         return [dict(worker) for worker in self._workers]
 
-    async def load_model(self, name: str, version: int) -> None:
-        """Nothing to do here: workers load what the registry names when they hear of the change."""
+    def failed_models(self) -> dict[str, str]:
+        """What live workers could not load, as their heartbeats say."""
+        failed: dict[str, str] = {}
+        for worker in self._workers:
+            reported = worker.get("failed")
+            if isinstance(reported, dict):
+                failed.update({str(ref): str(reason) for ref, reason in reported.items()})
+        return failed
 
     def unload_model(self, name: str, version: int) -> None:
         """Nothing to do here: workers drop deleted versions when they hear of the change."""

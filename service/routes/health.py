@@ -1,5 +1,5 @@
 """Probes and scraping: ``/healthz`` (the process answers), ``/readyz`` (default models loaded and
-warmed up), ``/metrics`` (Prometheus text)."""
+warmed up; ``failed`` names versions that cannot load), ``/metrics`` (Prometheus text)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,12 @@ async def readyz(request: Request) -> Response:
         )
     if not state.pool.is_ready():
         return error_response("/readyz", 503, "unavailable", "loading and warming up the default models")
+    # ready while at least the pool runs: a version that cannot load is listed under "failed"
+    # (its requests get 503 load_failed) rather than keeping every other model from serving
     body: dict[str, Any] = {
         "status": "ready",
         "models": [f"{name}:{version}" for name, version in state.pool.loaded_models()],
+        "failed": state.pool.failed_models(),
     }
     return JSONResponse(body)
 

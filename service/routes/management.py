@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
@@ -42,12 +40,27 @@ def _loaded_versions(state: ServiceState, name: str) -> list[int]:
     return sorted(v for n, v in state.pool.loaded_models() if n == name)
 
 
+def _failed_versions(state: ServiceState, name: str) -> dict[str, str]:
+    """Version -> why it cannot be loaded (its requests are answered 503 ``load_failed``)."""
+    failed = {}
+    for ref, reason in state.pool.failed_models().items():
+        model, _, version = ref.rpartition(":")
+        if model == name:
+            failed[version] = reason
+    return failed
+
+
 @router.get("/v1/models", name="list_models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """Every model in the registry, with its versions and aliases."""
+    """Every model in the registry, with its versions, aliases, and versions that failed to load."""
     state = get_state(request)
     summaries = await anyio.to_thread.run_sync(state.registry.list)
-    return {"models": [_plain(summary) for summary in summaries]}
+    return {
+        "models": [
+            {**_plain(summary), "failed_versions": _failed_versions(state, summary.name)}
+            for summary in summaries
+        ]
+    }
 
 
 @router.get("/v1/models/{name}", name="show_model")
@@ -64,12 +77,17 @@ async def show_model(request: Request, name: str) -> dict[str, Any]:
         "aliases": aliases,
         "versions": [_plain(manifest) for manifest in versions],
         "loaded_versions": _loaded_versions(state, name),
+        "failed_versions": _failed_versions(state, name),
     }
 
 
 @router.post("/v1/models", status_code=201, name="upload_model")
 async def upload_model(request: Request) -> JSONResponse:
-    """Register a new version: multipart ``weights`` (.safetensors) and ``manifest`` (JSON text or file)."""
+    """Register a new version: multipart ``weights`` (.safetensors) and ``manifest`` (JSON text or file).
+
+    The version is committed, and its aliases move, only once the weights loaded strictly into the
+    architecture and one forward on the default input ran; otherwise 422 ``invalid_weights`` and the
+    registry is exactly as before."""
     state = get_state(request)
     form = await request.form()
     try:
@@ -86,17 +104,17 @@ async def upload_model(request: Request) -> JSONResponse:
             fields = UploadManifest.model_validate_json(text)
         except ValidationError as exc:
             raise InvalidInputError(f"manifest: {describe_validation_error(exc)}") from None
-        with tempfile.TemporaryDirectory(prefix="spikeserve-upload-") as folder:
-            path = Path(folder) / "weights.safetensors"
-            path.write_bytes(await weights.read())
-            manifest = await anyio.to_thread.run_sync(lambda: _register(state, fields, path))
+        # straight from the parsed upload into the registry's staging: nothing of it lies outside the
+        # registry, where a killed server would leave it for nobody to remove
+        upload = weights.file
+        manifest = await anyio.to_thread.run_sync(lambda: _register(state, fields, upload))
     finally:
         await form.close()
-    await _check_loads(state, manifest)
     return JSONResponse(_plain(manifest), status_code=201)
 
 
-def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Manifest:
+def _register(state: ServiceState, fields: UploadManifest, weights: BinaryIO) -> Manifest:
+    """Register the upload; the registry checks that it loads and runs before anything is visible."""
     return state.registry.register(
         fields.name,
         architecture=fields.architecture,
@@ -111,21 +129,6 @@ def _register(state: ServiceState, fields: UploadManifest, weights: Path) -> Man
         tags=fields.tags,
         aliases=tuple(fields.aliases),
     )
-
-
-async def _check_loads(state: ServiceState, manifest: Manifest) -> None:
-    """In-process workers load a new version at once: weights that do not fit are refused now, with the
-    reason, instead of failing every later request. Distributed gateways hold no network to try."""
-    try:
-        await state.pool.load_model(manifest.name, manifest.version)
-    except Exception as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        await anyio.to_thread.run_sync(
-            lambda: state.registry.delete_version(manifest.name, manifest.version, True)
-        )
-        raise InvalidInputError(
-            f"{manifest.name}:{manifest.version} does not load ({reason}); the version was removed"
-        ) from None
 
 
 @router.put("/v1/models/{name}/aliases/{alias}", name="set_alias")

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from registry import IntegrityError
+from registry.store import discard, stage_blob
 
 
 def _dead_pid() -> int:
@@ -18,26 +19,26 @@ def _dead_pid() -> int:
     return child.pid
 
 
-def test_gc_removes_temp_files_of_dead_or_old_writers_only(registry, fields, tiny_weights):
+def test_gc_removes_temp_files_of_dead_writers_at_once_and_keeps_live_ones(registry, fields, tiny_weights):
     registry.register(**fields, weights=tiny_weights)
     blobs = registry.layout.blobs_dir
-    dead = blobs / f".tmp-{_dead_pid()}-abc"
-    live = blobs / f".tmp-{os.getpid()}-def"
-    old = registry.layout.versions_dir("tiny") / f".tmp-{os.getpid()}-ghi.json"
-    for path in (dead, live, old):
+    dead = blobs / f".tmp-{_dead_pid()}-abc"  # written a moment ago by a process that is gone
+    unlocked = registry.layout.versions_dir("tiny") / f".tmp-{os.getpid()}-ghi.json"
+    for path in (dead, unlocked):
         path.write_bytes(b"partial")
-    an_hour_ago = time.time() - 7200
-    os.utime(old, (an_hour_ago, an_hour_ago))
+    a_minute_ago = time.time() - 60
+    os.utime(unlocked, (a_minute_ago, a_minute_ago))  # its pid lives, but nobody holds its lock
+    live = stage_blob(registry.layout, b"being uploaded")  # held (flock) by this live writer
 
     report = registry.verify()
     assert report.ok  # leftovers are notes, not problems
-    assert set(report.temp_files) == {str(dead), str(live), str(old)}
+    assert set(report.temp_files) == {str(dead), str(unlocked), str(live.temp_path)}
     assert [m.version for m in registry.versions("tiny")] == [1]
 
     removed = registry.gc().removed_temp_files
-    assert set(removed) == {str(dead), str(old)}
-    assert live.exists()
-    assert registry.gc(tmp_max_age_s=0).removed_temp_files == (str(live),)
+    assert set(removed) == {str(dead), str(unlocked)}
+    assert live.temp_path.exists()
+    discard(live)
 
 
 def test_verify_reports_stray_entries(registry, fields, tiny_weights):

@@ -10,6 +10,7 @@ import pytest
 from filelock import FileLock
 
 from registry.errors import LockTimeoutError
+from registry.heads import ModelHead, read_head
 from registry.store import (
     RegistryLayout,
     atomic_write_bytes,
@@ -18,12 +19,12 @@ from registry.store import (
     commit_blob,
     discard,
     hash_file,
-    next_version,
+    manifest_numbers,
     read_generation,
     read_json,
+    remove_dead_temp_files,
     stage_blob,
     temp_files,
-    version_numbers,
     writer_lock,
 )
 
@@ -91,11 +92,11 @@ def test_versions_ignore_temp_and_stray_files_and_are_never_reused(layout):
     folder.mkdir(parents=True)
     for name in ("1.json", "3.json", ".tmp-123-abc.json", "notes.txt", "0.json", "02.json"):
         (folder / name).write_text("{}")
-    assert version_numbers(layout, "m") == [1, 3]
-    assert next_version(layout, "m") == 4
+    assert manifest_numbers(layout, "m") == [1, 3]
+    assert read_head(layout, "m").last_version == 3  # a folder of the older layout: its files
     layout.last_version_file("m").write_text("9\n")
-    assert next_version(layout, "m") == 10
-    assert next_version(layout, "other") == 1
+    assert read_head(layout, "m").last_version == 9
+    assert read_head(layout, "other") == ModelHead()
 
 
 def test_generation_counter(layout):
@@ -115,3 +116,21 @@ def test_writer_lock_times_out_while_another_holder_has_it(layout):
         pass
     with writer_lock(layout, timeout_s=0.05):
         pass
+
+
+def test_a_dead_writers_temp_file_goes_at_once_a_live_ones_stays(layout, tmp_path):
+    import subprocess
+    import sys
+
+    staged = stage_blob(layout, b"still being written")  # this process is alive and holds the flock
+    code = (
+        "import os, sys; from pathlib import Path; from registry.store import RegistryLayout, stage_blob; "
+        "stage_blob(RegistryLayout(Path(sys.argv[1])), b'x' * 1000); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(layout.root)], check=True)  # exits holding a temp file
+    assert len(temp_files(layout)) == 2
+    removed = remove_dead_temp_files(layout)
+    assert len(removed) == 1 and str(staged.temp_path) not in removed
+    assert temp_files(layout) == [staged.temp_path]
+    discard(staged)
+    assert temp_files(layout) == []
