@@ -231,7 +231,13 @@ class NIRGraphNet(SpikingModel):
             layers.append(_build_node(dict(spec), analog_input=not fed_by_spikes))
         self.layers = nn.ModuleList(layers)
         # state that our neuron layers do not hold (synapses, integrators) restarts every forward
-        self.supports_streaming = not any(kind in ("li", "cuba_lif") for kind in kinds)
+        stateful = sorted({kind for kind in kinds if kind in ("li", "cuba_lif")})
+        self.supports_streaming = not stateful
+        if stateful:
+            self.streaming_blocker = (
+                f"its {' and '.join(stateful)} nodes keep a synapse or integrator state that restarts "
+                "on every forward, so it cannot run step by step"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expected = self.input_shape

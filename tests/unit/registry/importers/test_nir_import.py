@@ -224,3 +224,13 @@ def test_what_cannot_run_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["registry", "import-nir", str(not_a_graph), "--name", "x", "--registry", str(tmp_path)]) == 1
     assert "not a readable NIR graph" in capsys.readouterr().err
     assert not (tmp_path / "registry" / "models" / "x").exists()
+
+
+def test_graphs_with_synapse_state_say_why_they_do_not_stream() -> None:
+    from models.nir_graph import NIRGraphNet
+    from registry.importers.nir_import import translate
+
+    config, tensors = translate(cuba_graph(), dt=1e-4)
+    model = NIRGraphNet(**config, num_classes=5)
+    model.load_state_dict(tensors, strict=True)
+    assert not model.supports_streaming and "cuba_lif" in model.streaming_blocker
