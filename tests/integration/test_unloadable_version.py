@@ -79,3 +79,33 @@ def test_registry_verify_load_finds_it(root: Path) -> None:
     assert found.returncode == 1, found.stdout + found.stderr
     assert f"load_failed: {IMAGE_MODEL}:2" in found.stdout
     assert EVENTS_MODEL not in found.stdout and f"{IMAGE_MODEL}:1" not in found.stdout
+
+
+def test_a_redis_worker_serves_the_others_and_reports_the_broken_version(
+    root: Path, redis_prefix: str, tmp_path: Path
+) -> None:
+    import contextlib
+
+    import httpx
+    from redis_support import REDIS_URL, start_gateway, start_worker, wait_for_workers, wait_until
+
+    beats = {"SPIKESERVE_HEARTBEAT_INTERVAL_S": "0.5"}
+    with contextlib.ExitStack() as stack:
+        gateway, base = start_gateway(root, REDIS_URL, redis_prefix, tmp_path, beats)
+        stack.callback(gateway.stop)
+        worker = start_worker(
+            root, REDIS_URL, redis_prefix, tmp_path, "w1", [IMAGE_MODEL, EVENTS_MODEL], env=beats
+        )
+        stack.callback(worker.stop)
+        wait_for_workers(base, {"w1"}, [worker])  # it started although tiny-danet:2 cannot load
+        ready = wait_until(lambda: httpx.get(f"{base}/readyz", timeout=5).json().get("failed"), 30, "failed")
+        assert set(ready) == {f"{IMAGE_MODEL}:2"}
+        image = npy_bytes(np.zeros((1, 28, 28), np.float32))
+        refused = httpx.post(
+            f"{base}/v1/models/{IMAGE_MODEL}/classify", content=image, headers=NPY, timeout=60
+        )
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "load_failed"
+        served = httpx.post(
+            f"{base}/v1/models/{IMAGE_MODEL}:1/classify", content=image, headers=NPY, timeout=60
+        )
+        assert served.status_code == 200

@@ -58,13 +58,18 @@ async def fake_submit(request: InferenceRequest) -> InferenceResult:
 
 
 async def fake_heartbeat(
-    prefix: str, worker_id: str, models: list[str], loaded: list[str] | None = None
+    prefix: str,
+    worker_id: str,
+    models: list[str],
+    loaded: list[str] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> None:
     """A worker that says it serves ``models`` but reads nothing."""
     keys = StreamKeys(prefix)
     client = connect(REDIS_URL)
     beat = {"id": worker_id, "models": models, "device": "cpu", "batches": 0, "last_heartbeat": time.time()}
     beat["loaded"] = loaded or []
+    beat["failed"] = failed or {}
     await client.set(keys.worker(worker_id), json.dumps(beat), px=60_000)
     await client.zadd(keys.workers, {worker_id: time.time()})
     await client.aclose()
@@ -289,3 +294,17 @@ def test_queue_depth_per_model_and_loaded_versions_from_heartbeats(prefix):
     assert depths == {"m": 2, "n": 1}
     assert depth_after == 0  # cancelled requests leave nothing behind
     assert loaded == [("m", 1), ("m", 2), ("n", 3)]
+
+
+def test_versions_workers_could_not_load_come_from_heartbeats(prefix):
+    async def scenario():
+        await fake_heartbeat(prefix, "w1", ["m"], loaded=["m:1"], failed={"m:2": "m:2 cannot be loaded"})
+        await fake_heartbeat(prefix, "w2", ["n"], failed={"n:4": "n:4 cannot be loaded"})
+        pool = RedisPool(REDIS_URL, prefix=prefix, **FAST)
+        await pool.start()
+        try:
+            return pool.failed_models()
+        finally:
+            await pool.stop()
+
+    assert asyncio.run(scenario()) == {"m:2": "m:2 cannot be loaded", "n:4": "n:4 cannot be loaded"}
