@@ -30,6 +30,8 @@ import torch.nn as nn
 from models import telemetry
 from models.base import reset_state, set_backend, set_streaming, spiking_layers
 from models.optimize import optimize_for_inference
+from registry.manifest import Manifest
+from workers.engine import CheckpointSource
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 log = logging.getLogger("spikeserve.streams")
@@ -37,7 +39,7 @@ log = logging.getLogger("spikeserve.streams")
 
 @dataclass
 class _StreamModel:
-    manifest: Any
+    manifest: Manifest
     module: nn.Module
     forward: Any
     mode: StreamMode
@@ -64,7 +66,7 @@ class StreamRunner:
 
     def __init__(
         self,
-        registry: Any,
+        registry: CheckpointSource,
         device: str = "cpu",
         backend: str = "auto",
         worker_id: str = "embedded",

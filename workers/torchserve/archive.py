@@ -15,11 +15,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry import store
+from registry import Registry, store
 from registry.errors import IntegrityError
 from workers.torchserve.handler import MANIFEST_FILE, WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 ENTRY_FILE = Path(__file__).with_name("entry.py")
 HANDLER_KEYS = (
@@ -93,10 +96,10 @@ def config_properties(settings: Any, store_dir: Path, host: str, ports: Ports) -
 
 
 def export_torchserve(
-    registry: Any,
+    registry: Registry,
     ref: str,
     output: Path,
-    settings: Any,
+    settings: Settings,
     *,
     workers: int = 1,
     host: str = "127.0.0.1",
