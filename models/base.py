@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from models.neurons import MultiStepNeuron
@@ -30,13 +29,6 @@ def set_streaming(model: nn.Module, streaming: bool) -> None:
     for neuron in spiking_layers(model):
         neuron.streaming = streaming
         neuron.reset_state()
-
-
-def keep_state_rows(model: nn.Module, rows: torch.Tensor) -> None:
-    """Shrink every kept membrane to the batch rows ``rows`` ([b] int64), for step-by-step callers
-    whose samples leave the batch (early exit): the rows left continue exactly where they were."""
-    for neuron in spiking_layers(model):
-        neuron.keep_state_rows(rows)
 
 
 class SpikingModel(nn.Module):

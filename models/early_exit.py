@@ -2,12 +2,13 @@
 
 SEENN-I (Li et al., NeurIPS 2023, arXiv 2304.01230): a spiking network's cost grows with T, yet
 most inputs are decided after a step or two. The network runs step by step with its state kept
-(the neurons' streaming mode: the same layers and kernels as a T-step forward, one step per call);
+(the neurons' streaming mode, in a ``models.stepping.StepState`` of this call: the same layers and
+kernels as a T-step forward, one step per call);
 after step t a sample's prediction is the softmax of the mean of its outputs so far, and it stops
 at the first step t >= min_steps where the top-1 probability reaches its threshold, or at T.
 
 Samples leave the batch as they exit: every kept membrane is cut down to the rows still running
-(``models.base.keep_state_rows``), so a batch costs what its samples need, not what its slowest
+(``StepState.keep_rows``), so a batch costs what its samples need, not what its slowest
 one needs, and a sample's answer does not depend on who shared its batch.
 
 Only causal networks can do this (an output after step t that depends on steps <= t only): an
@@ -25,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.base import keep_state_rows, set_streaming
+from models.stepping import StepState, stepping
 from models.telemetry import SampleTelemetry
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -70,12 +71,12 @@ def run_early_exit(
 ) -> EarlyExitResult:
     """Run ``x`` step by step and stop each sample at its first confident step.
 
-    model: a causal spiking network (its neurons are put in streaming mode for the call and reset
-    after it, whatever happens). x: [T, B, ...] in the network's dtype and device. threshold: a
-    float or [B] floats in (0, 1]; min_steps: an int or [B] ints >= 1 (a sample never stops before
-    it). forward: what runs one step, ``[1, b, ...] -> [b, classes]`` (default: ``model`` itself,
-    whose mean over one step is that step's output). with_telemetry: record each step and sum each
-    sample's steps with ``telemetry.sum_over_steps``.
+    model: a causal spiking network (its membranes are kept in a state of this call, so the network
+    itself is never changed and another thread may use it meanwhile). x: [T, B, ...] in the
+    network's dtype and device. threshold: a float or [B] floats in (0, 1]; min_steps: an int or
+    [B] ints >= 1 (a sample never stops before it). forward: what runs one step, ``[1, b, ...] ->
+    [b, classes]`` (default: ``model`` itself, whose mean over one step is that step's output).
+    with_telemetry: record each step and sum each sample's steps with ``telemetry.sum_over_steps``.
     """
     blocker = early_exit_blocker(model)
     if blocker is not None:
@@ -88,8 +89,8 @@ def run_early_exit(
     sums: torch.Tensor | None = None  # [B, classes] float32: each sample's step outputs summed
     steps_used = torch.full((batch,), steps, dtype=torch.int64)
     per_step: list[list[SampleTelemetry]] = [[] for _ in range(batch)]
-    set_streaming(model, True)
-    try:
+    state = StepState()  # this call's membranes; the network's own attributes stay as they are
+    with stepping(state):
         for t in range(steps):
             step_x = x[t : t + 1] if len(rows) == batch else x[t : t + 1].index_select(1, rows)
             recording = telemetry.record(model) if with_telemetry else contextlib.nullcontext()
@@ -111,9 +112,7 @@ def run_early_exit(
             rows = rows[~done]
             if len(rows) == 0:
                 break
-            keep_state_rows(model, (~done).nonzero().squeeze(1))
-    finally:
-        set_streaming(model, False)  # also forgets every membrane: state never outlives the call
+            state.keep_rows((~done).nonzero().squeeze(1))
     assert sums is not None, "x has no time steps"
     logits = sums / steps_used.to(sums.device).unsqueeze(1).float()
     samples = [telemetry.sum_over_steps(steps_run) for steps_run in per_step] if with_telemetry else None

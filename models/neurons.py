@@ -6,7 +6,8 @@ sigmoid surrogate with alpha=4. LIAF/PLIAF charge, fire and reset the same way b
 ReLU(V before reset) downstream (analog output).
 
 State: each forward starts from V_reset unless ``streaming`` is on, in which case the final
-membrane is kept and the next forward continues from it until ``reset_state()``.
+membrane is kept and the next forward continues from it until ``reset_state()``; inside
+``models.stepping.stepping(state)`` the membrane is kept in the caller's ``state`` instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn as nn
 
 from models import telemetry
 from models.kernels.lif import BACKENDS, multistep_lif
+from models.stepping import current_step_state
 
 
 class MultiStepNeuron(nn.Module):
@@ -60,18 +62,16 @@ class MultiStepNeuron(nn.Module):
         """Forget the membrane kept by a streaming caller."""
         self.v = None
 
-    def keep_state_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the membranes of batch rows ``rows`` ([b] int64 indices): the others left the batch."""
-        if self.v is not None:
-            self.v = self.v.index_select(0, rows.to(self.v.device))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...], got shape {tuple(x.shape)}")
         steps, batch = x.shape[0], x.shape[1]
         flat = x.reshape(steps, batch, -1)
         recorder = telemetry.current_recorder()
-        v_init = self.v if self.streaming and self.v is not None and self.v.shape == flat.shape[1:] else None
+        step_state = current_step_state()  # a step-by-step caller's own membranes (models.stepping)
+        streaming = self.streaming or step_state is not None
+        kept = self.v if step_state is None else step_state.membranes.get(id(self))
+        v_init = kept if streaming and kept is not None and kept.shape == flat.shape[1:] else None
         result = multistep_lif(
             flat,
             backend=self.backend,
@@ -83,10 +83,12 @@ class MultiStepNeuron(nn.Module):
             surrogate_alpha=self.surrogate_alpha,
             analog_output=self.analog_output,
             v_init=v_init,
-            return_v=self.streaming,
+            return_v=streaming,
             count_spikes=recorder is not None,
         )
-        if self.streaming:
+        if step_state is not None and result.v is not None:
+            step_state.membranes[id(self)] = result.v.detach()
+        elif self.streaming:
             self.v = None if result.v is None else result.v.detach()
         if recorder is not None and result.spike_count is not None:
             recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)

@@ -24,6 +24,25 @@ from models.kernels.lif import eager_neurons
 from workers.errors import EarlyExitUnsupportedError
 from workers.protocol import InferenceRequest
 
+# Engine._prepare_later's "T" for early exit: its one-step calls, streaming, with and without telemetry
+PREPARATION = 0
+
+
+def warm_up(loaded: Any) -> None:
+    """Compile what early exit runs (one step at a time, membranes kept, batches shrinking) before a
+    request waits for it; runs in the engine's preparing thread, beside the batch thread: the
+    membranes live in this call's own state, so the batches running meanwhile are not touched."""
+    module = loaded.module
+    weight = next(module.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    x = torch.zeros(
+        (2, 2, *loaded.sample_shape), device=device, dtype=weight.dtype if weight is not None else None
+    )
+    with torch.inference_mode():
+        for with_telemetry in (False, True):  # steps 1 and 2: from rest and from a kept membrane
+            run_early_exit(module, x, 1e-6, torch.tensor([1, 2]), with_telemetry=with_telemetry)
+    loaded.early_exit_ready = True
+
 
 def check(loaded: Any, request: InferenceRequest) -> None:
     """Refuse early exit where the network cannot stop early (422 with its architecture's reason).

@@ -72,6 +72,7 @@ class LoadedModel:
     needs_preparation: bool = False
     prepared_steps: set[int] = field(default_factory=set)
     unpreparable_steps: set[int] = field(default_factory=set)  # preparing failed: these stay eager
+    early_exit_ready: bool = False  # the one-step calls of early exit are compiled (workers.early_exit)
 
     def forward_for(self, steps: int) -> Forward | None:
         """The forward to use at ``steps`` now, or None when it must be prepared first."""
@@ -310,8 +311,12 @@ class Engine:
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, PREPARING_SWITCH_INTERVAL_S))
         try:
-            self._warm_up(loaded, steps)
-            log.info("prepared %s:%d for T=%d in %.2f s", *key, time.perf_counter() - started)
+            if steps == early_exit.PREPARATION:
+                early_exit.warm_up(loaded)
+                log.info("prepared %s:%d for early exit in %.2f s", *key[:2], time.perf_counter() - started)
+            else:
+                self._warm_up(loaded, steps)
+                log.info("prepared %s:%d for T=%d in %.2f s", *key, time.perf_counter() - started)
         except Exception:
             loaded.unpreparable_steps.add(steps)
             log.exception("preparing %s:%d for T=%d failed; that T is served eagerly", *key)
@@ -429,11 +434,12 @@ class Engine:
         x = self._batch_input(loaded, [array for _, array in items], steps)
         want_telemetry = any(request.telemetry != "none" for request in requests)
         model = loaded.module
-        # early exit runs one step at a time: what must be ready is the network at T=1
-        forward = loaded.forward_for(1 if requests[0].early_exit else steps)
-        eager = forward is None
+        exit_eagerly = requests[0].early_exit and loaded.needs_preparation and not loaded.early_exit_ready
+        if exit_eagerly and early_exit.PREPARATION not in loaded.unpreparable_steps:
+            self._prepare_later(loaded, early_exit.PREPARATION)  # compiles its one-step calls meanwhile
+        forward = loaded.forward if requests[0].early_exit else loaded.forward_for(steps)
         if forward is None:  # never compile in this thread: every other model's batches wait on it
-            self._prepare_later(loaded, 1 if requests[0].early_exit else steps)
+            self._prepare_later(loaded, steps)
             forward = loaded.run_eager
         assert forward is not None
         samples: list[dict[str, Any]] = []
@@ -441,7 +447,9 @@ class Engine:
         try:
             with torch.inference_mode():
                 if requests[0].early_exit:
-                    logits, steps_used, samples = early_exit.run(loaded, x, requests, want_telemetry, eager)
+                    logits, steps_used, samples = early_exit.run(
+                        loaded, x, requests, want_telemetry, exit_eagerly
+                    )
                 elif want_telemetry:
                     with telemetry.record(model) as recorder:
                         logits = forward(x)

@@ -111,3 +111,14 @@ def test_a_network_attending_across_time_refuses_early_exit(engine: Engine) -> N
     assert code == "early_exit_unsupported"
     assert "temporal attention" in message
     assert plain.error is None
+
+
+def test_preparing_early_exit_compiles_its_step_calls_and_leaves_the_network_alone(engine: Engine) -> None:
+    from models.base import spiking_layers
+    from workers import early_exit
+
+    loaded = engine.ensure_loaded(IMAGE_MODEL, 1)
+    loaded.early_exit_ready = False
+    early_exit.warm_up(loaded)
+    assert loaded.early_exit_ready
+    assert all(neuron.v is None and not neuron.streaming for neuron in spiking_layers(loaded.module))
