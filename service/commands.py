@@ -116,7 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 1
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -126,6 +126,15 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         http=guarded_protocol(settings),
     )
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn closes every WebSocket (1012) before the lifespan ends: live streams get
+            # their final message and a 1001 first
+            await app.state.spikeserve.streams.shutdown()
+            await super().shutdown(sockets)
+
+    Server(config).run()
     return 0
 
 

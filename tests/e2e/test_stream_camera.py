@@ -3,6 +3,7 @@ time, ``spikeserve stream --connect`` forwards it to a real gateway's WebSocket,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -86,3 +87,30 @@ def test_unknown_model_exits_non_zero_with_the_reason(
     command += ["--gateway", stream_server.url, "--file", str(shared_data / "nmnist_sample.bin")]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "model_not_found" in done.stderr
+
+
+def test_server_shutdown_sends_a_final_message_then_1001(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    import websockets
+
+    register_event_danet(Registry(tmp_path), aliases=("production",))
+    env = {"SPIKESERVE_TORCH_THREADS": "1", "SPIKESERVE_NEURON_BACKEND": "torch"}
+    with ServerProcess(tmp_path, env=env) as server:
+
+        async def session() -> tuple[list[dict], int | None]:
+            url = server.url.replace("http://", "ws://") + f"/v1/models/{EVENT_DANET_MODEL}/stream"
+            received = []
+            async with websockets.connect(url) as ws:
+                received.append(json.loads(await ws.recv()))
+                assert server.process is not None
+                server.process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    async for raw in ws:
+                        received.append(json.loads(raw))
+                return received, ws.close_code
+
+        messages, code = asyncio.run(session())
+    assert [m["type"] for m in messages] == ["ready", "closed"]
+    assert messages[-1]["reason"] == "server shutting down" and code == 1001
