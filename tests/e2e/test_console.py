@@ -122,7 +122,7 @@ def test_the_start_page_links_to_the_console_which_loads_only_from_this_server(b
         lambda: browser.execute_script("return document.body.dataset.ready") == "true", 60, "the console"
     )
     assert browser.current_url.startswith(f"{server.url}/ui/")
-    assert [tab.text for tab in css(browser, "#tabs a")] == ["Classify", "Events", "Models"]
+    assert [tab.text for tab in css(browser, "#tabs a")] == ["Classify", "Events", "Live", "Models"]
     assert "ready: danet-mnist:1, spikeformer-nmnist:1" in by_id(browser, "server-status").text
     # offline: every script, stylesheet and API call went to this server, nowhere else
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -374,6 +374,57 @@ def test_a_recording_the_page_cannot_decode_is_still_classified(browser, server,
     assert "frames not shown" in by_id(browser, "events-error").text
     assert "ZSTD" in by_id(browser, "events-error").text
     assert stat(browser, "events-result", "label") in [str(i) for i in range(10)]
+    assert console_errors(browser) == []
+
+
+def test_live_replays_a_real_recording_as_a_stream_in_real_time(browser, server, shared_data, tmp_path):
+    open_view(browser, server, "live")
+    assert by_id(browser, "live-steps").get_attribute("value") == "1"  # the stream route's default
+    recording = Path(shared_data) / "nmnist_sample.bin"  # 4,325 events over 311 ms
+    started = browser.execute_script("return performance.now()")
+    by_id(browser, "live-file").send_keys(str(recording))
+    wait_for(
+        lambda: (
+            browser.execute_script("return document.getElementById('view-live').dataset.closed") == "1000"
+        ),
+        60,
+        "the session closing normally",
+    )
+    elapsed_ms = browser.execute_script("return performance.now()") - started
+    assert elapsed_ms > 300  # replayed at the recording's own pace, not in one burst
+
+    status = by_id(browser, "live-status").text
+    assert "sliding state" in status  # spikeformer-nmnist attends across time: a sliding context
+    assert "sent 4,325 of 4,325 events" in status
+    windows = int(re.search(r"(\d+) windows answered", status).group(1))
+    assert 3 <= windows <= 8  # 311 ms in 50 ms windows, the last one flushed (fewer if merged)
+    rows = css(browser, "#live-windows tbody tr")
+    assert len(rows) == windows
+    assert css(browser, "#live-chart-confidence path.line")[0].get_attribute("data-points") == str(windows)
+    assert css(browser, "#live-chart-rate path.line")[0].get_attribute("data-points") == str(windows)
+    assert by_id(browser, "live-label").text in [str(digit) for digit in range(10)]
+    assert by_id(browser, "live-label").text == rows[0].find_elements("css selector", "td")[1].text
+    assert not shown(browser, "live-error")
+    screenshot(browser, "console-live.png")
+    assert console_errors(browser) == []
+
+    # Stop part-way through a 10 s recording
+    data, name = synthetic_recording("nmnist")
+    long_recording = tmp_path / name
+    long_recording.write_bytes(data)
+    by_id(browser, "live-file").send_keys(str(long_recording))
+    wait_for(lambda: "of 30,000 events" in by_id(browser, "live-status").text, 30, "the replay starting")
+    by_id(browser, "live-stop").click()
+    wait_for(
+        lambda: (
+            browser.execute_script("return document.getElementById('view-live').dataset.closed") == "1000"
+        ),
+        30,
+        "the stopped session closing",
+    )
+    status = by_id(browser, "live-status").text
+    sent = int(re.search(r"sent ([\d,]+) of 30,000 events", status).group(1).replace(",", ""))
+    assert sent < 30_000 and "closed by the client" in status
     assert console_errors(browser) == []
 
 

@@ -107,6 +107,10 @@ export function lineChart(series, { yMax, xLabel = "", yLabel = "", label = "lin
     const last = s.points[s.points.length - 1];
     svg.append(el("text", { x: left + plotWidth + 6, y: py(last[1]) + 4, class: "label" }, s.name));
   });
+  if (xs.length) {
+    svg.append(el("text", { x: left, y: top + plotHeight + 14, "text-anchor": "start", class: "label" }, format(xMin)));
+    svg.append(el("text", { x: left + plotWidth, y: top + plotHeight + 14, "text-anchor": "end", class: "label" }, format(xMax)));
+  }
   svg.append(el("text", { x: left + plotWidth / 2, y: height - 4, "text-anchor": "middle" }, xLabel));
   svg.append(el("text", { x: 12, y: top + plotHeight / 2, "text-anchor": "middle", transform: `rotate(-90 12 ${top + plotHeight / 2})` }, yLabel));
   return svg;

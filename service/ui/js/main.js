@@ -4,11 +4,13 @@
 import { servedModels } from "./api.js";
 import { initClassify } from "./classify.js";
 import { initEvents } from "./events.js";
+import { initLive } from "./live.js";
 import { initModels } from "./models.js";
 
 const VIEWS = {
   classify: initClassify,
   events: initEvents,
+  live: initLive,
   models: initModels,
 };
 const started = new Set();
