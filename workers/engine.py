@@ -14,9 +14,7 @@ This module imports torch; ``workers.embedded`` imports it only when the pool st
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -40,6 +38,7 @@ from registry.manifest import Manifest
 from workers import early_exit, metrics
 from workers.error_codec import encode_error
 from workers.errors import InferenceFailedError, InvalidInputError
+from workers.preparing import YieldToServing, build_in_this_thread
 from workers.protocol import InferenceRequest, InferenceResult, Prediction
 
 log = logging.getLogger("spikeserve.engine")
@@ -47,7 +46,6 @@ log = logging.getLogger("spikeserve.engine")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 PREPARING_SWITCH_INTERVAL_S = 0.0002
-PREPARING_NICE = 10  # added to the preparing thread's nice value (lower CPU priority)
 
 
 @dataclass
@@ -92,19 +90,6 @@ def _failed(
         error=encode_error(exc, unexpected),
         worker_id=worker_id,
     )
-
-
-def _set_up_preparing_thread() -> None:
-    """Make the preparing thread, and the compiler processes it starts, yield the CPU to serving:
-    on a busy machine a compilation at normal priority takes the cores the batch thread needs."""
-    with contextlib.suppress(AttributeError, OSError):  # Linux sets a thread's nice by its id
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREPARING_NICE)
-    # inductor otherwise hands its C++/Triton builds to a pool of worker processes (started at
-    # full priority, at the first compilation of the process): with one compile thread it builds
-    # in the thread that asks, here, at this thread's priority. Process-wide from now on.
-    import torch._inductor.config as inductor_config
-
-    inductor_config.compile_threads = 1
 
 
 def _eager_runner(module: nn.Module) -> Forward:
@@ -161,9 +146,10 @@ class Engine:
         # Compiling for a new T (or capturing its CUDA graphs) takes seconds to minutes: it runs
         # here, beside the batch thread, which answers that T eagerly until it is done.
         self._preparer = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="spikeserve-prepare", initializer=_set_up_preparing_thread
+            max_workers=1, thread_name_prefix="spikeserve-prepare", initializer=build_in_this_thread
         )
         self._preparing: set[tuple[str, int, int]] = set()
+        self._yield_to_serving = YieldToServing()  # the preparing thread pauses while a batch runs
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -307,15 +293,19 @@ class Engine:
         started = time.perf_counter()
         # Compiling is mostly Python holding the GIL; the batch thread gives it up at every torch
         # op and, at the default 5 ms switch interval, waits up to that long to get it back: over
-        # a few hundred ops a request would take seconds. A short interval bounds that wait.
+        # a few hundred ops a request would take seconds. A short interval bounds that wait, and
+        # the preparing thread steps aside while a batch runs (workers/preparing.py).
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(switch_interval, PREPARING_SWITCH_INTERVAL_S))
         try:
+            with self._yield_to_serving.preparing():
+                if steps == early_exit.PREPARATION:
+                    early_exit.warm_up(loaded)
+                else:
+                    self._warm_up(loaded, steps)
             if steps == early_exit.PREPARATION:
-                early_exit.warm_up(loaded)
                 log.info("prepared %s:%d for early exit in %.2f s", *key[:2], time.perf_counter() - started)
             else:
-                self._warm_up(loaded, steps)
                 log.info("prepared %s:%d for T=%d in %.2f s", *key, time.perf_counter() - started)
         except Exception:
             loaded.unpreparable_steps.add(steps)
@@ -357,6 +347,10 @@ class Engine:
         The requests share one ``batch_key`` (network, T, input kind): the batcher forms batches,
         this runs them. Never raises for one bad request: its result carries ``error``.
         """
+        with self._yield_to_serving.serving():
+            return self._run_batch(requests)
+
+    def _run_batch(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         if not requests:
             return []
         first = requests[0]
