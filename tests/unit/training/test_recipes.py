@@ -60,3 +60,12 @@ def test_overrides_change_only_what_is_asked() -> None:
     assert (short.train.epochs, short.train.max_batches) == (1, 2)
     assert short.train.lr == recipe.train.lr and short.config == recipe.config
     assert recipe.with_overrides() is recipe
+
+
+def test_danet_nmnist_is_causal_so_streams_keep_its_membranes() -> None:
+    recipe = get_recipe("danet-nmnist")
+    assert recipe.data == "nmnist5k" and recipe.neuron["kind"] == "lif"
+    model = build_model(recipe)
+    assert model.supports_streaming  # its windows run with kept state (workers/stream_runner.py)
+    spec = recipe.input_spec()
+    assert isinstance(spec, EventInput) and (spec.sensor_width, spec.sensor_height) == (34, 34)
