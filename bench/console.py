@@ -2,7 +2,7 @@
 
 Starts a real ``spikeserve serve`` on the zoo/ registry and Debian's chromium (as the console
 tests do). Each round clears the browser cache, then loads the start page ``/`` (one small HTML
-answer: the baseline) and the console ``/ui/`` (HTML, CSS, eight JavaScript modules, then
+answer: the baseline) and the console ``/ui/`` (HTML, CSS, its JavaScript modules, then
 ``/readyz`` and one ``/v2/models/{name}`` per served model) in alternating order. The console
 counts as loaded at its ``console-ready`` performance mark: the model pickers are filled and the
 page answers clicks. Prints per round the console's time, the baseline's and their ratio, then
