@@ -124,9 +124,12 @@ def service(compose: dict[str, Any], name: str, project_dir: Path, env: Mapping[
     )
 
 
-def build_command(svc: Service, *, build_args: Mapping[str, str], volumes: list[str]) -> list[str]:
+def build_command(
+    svc: Service, *, build_args: Mapping[str, str], volumes: list[str], tag: str | None = None
+) -> list[str]:
     """The arguments of ``podman build`` for ``svc``: the file's build args, then ``build_args`` on top
-    (a local base image, a wheel folder); ``volumes`` are bind mounts that exist only while the build runs.
+    (a local base image, a wheel folder); ``volumes`` are bind mounts that exist only while the build runs;
+    ``tag`` replaces the file's image name (for an image that is not the one the file means).
     """
     if svc.build_context is None or svc.dockerfile is None:
         raise ValueError(f"{svc.name} has no build section")
@@ -135,7 +138,7 @@ def build_command(svc: Service, *, build_args: Mapping[str, str], volumes: list[
         args += ["--build-arg", f"{key}={value}"]
     for volume in volumes:
         args += ["--volume", volume]
-    return [*args, "--tag", svc.image, str(svc.build_context)]
+    return [*args, "--tag", tag or svc.image, str(svc.build_context)]
 
 
 def run_command(svc: Service, container: str, *, overrides: Mapping[str, str]) -> list[str]:

@@ -9,10 +9,7 @@ downloaded). What the builds take and how big the images are is printed at the e
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,13 +18,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from containers.compose_stack import Service, build_command, load_compose, podman, run_command, service
-from containers.stack_support import REPO_ROOT, REPORT, Stack
+from containers.compose_stack import Service, load_compose, podman, run_command, service
+from containers.stack_support import REPO_ROOT, REPORT, Stack, build_here
 from redis_support import ADMIN_TOKEN, REDIS_URL, free_port, wait_until
-
-BASE_IMAGE = os.environ.get("BASE_IMAGE", "localhost/spikeserve-base:bookworm")
-HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # what this machine's pip trusts (PIP_CERT)
-IMAGE_SERVICES = ("gateway", "worker-cpu")  # what can be built and run without a GPU or an image registry
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -41,21 +34,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for key in ("stack_ready_s", "load_s"):
         if key in REPORT:
             terminalreporter.write_line(f"{key}: {REPORT[key]:.1f}")
-
-
-def local_torch_wheels() -> str | None:
-    """A folder on this disk holding torch's CPU wheel for Python 3.11, from pip's own configuration."""
-    folders = os.environ.get("PIP_FIND_LINKS", "").split()
-    done = subprocess.run(["pip", "config", "list"], capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key.endswith("find-links"):
-            folders += value.strip("'\"").split()
-    for folder in folders:
-        folder = folder.removeprefix("file://")
-        if glob.glob(os.path.join(folder, "torch-*+cpu-cp311-*.whl")):
-            return folder
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -78,31 +56,13 @@ def services(compose: dict[str, Any], admin_token: str) -> dict[str, Service]:
 @pytest.fixture(scope="session")
 def images(services: dict[str, Service]) -> dict[str, str]:
     """Service name -> image built from its Dockerfile with podman (fails, never skips, without podman)."""
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: run `make test-containers` (it installs it)")
-    if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-        pytest.fail(f"no base image {BASE_IMAGE}: run tests/containers/setup_podman.sh")
-    built = {}
-    for name in IMAGE_SERVICES:
-        svc = services[name]
-        build_args = {"BASE_IMAGE": BASE_IMAGE}
-        volumes = [f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
-        wheels = local_torch_wheels()
-        if "TORCH_INDEX_URL" in (svc.dockerfile.read_text() if svc.dockerfile else "") and wheels:
-            # torch from this disk; its few pure-Python dependencies from PyPI, which is reachable here
-            build_args |= {"WHEELS": "/wheels", "TORCH_INDEX_URL": "https://pypi.org/simple"}
-            volumes.append(f"{wheels}:/wheels:ro")
-        started = time.monotonic()
-        done = podman(
-            *build_command(svc, build_args=build_args, volumes=volumes), timeout_s=1200, check=False
-        )
-        if done.returncode != 0:
-            pytest.fail(f"building {svc.image} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        REPORT["builds_s"][name] = time.monotonic() - started
-        size = podman("image", "inspect", svc.image, "--format", "{{.Size}}").stdout.strip()
-        REPORT["sizes_mb"][name] = int(size) / 1e6
-        built[name] = svc.image
-    return built
+    return {
+        "gateway": build_here(services["gateway"]),
+        # torch's few pure-Python dependencies from PyPI: download.pytorch.org is not reachable here
+        "worker-cpu": build_here(
+            services["worker-cpu"], build_args={"TORCH_INDEX_URL": "https://pypi.org/simple"}
+        ),
+    }
 
 
 @pytest.fixture(scope="session")
