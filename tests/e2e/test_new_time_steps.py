@@ -26,7 +26,7 @@ def test_a_new_time_steps_value_does_not_delay_another_model(tmp_path: Path) -> 
         tmp_path / "registry", env=env, args=["--log-level", "info"], ready_timeout_s=600
     ) as server:
         run = run_new_time_steps(server.url)
-        wait_until_prepared(server.log)
+        wait_until_prepared(lambda: server.log_path.read_text(errors="replace"))  # the whole log
         log = server.log()
     print(run.summary())
     assert run.new_steps_status == 200 and run.new_steps_answer["time_steps"] == NEW_STEPS, (
