@@ -41,6 +41,8 @@ class EmbeddedPool:
         self._registry = registry
         self._engine: Engine | None = None
         self._streams: StreamRunner | None = None
+        self._stream_waiting: list[tuple[StreamWindow, asyncio.Future[StreamAnswer]]] = []
+        self._stream_drain: asyncio.Task[None] | None = None
         self._batcher: Batcher | None = None
         self._ready = False
         self._started_at = 0.0
@@ -159,7 +161,28 @@ class EmbeddedPool:
         return await asyncio.to_thread(runner.describe, name, version)
 
     async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
-        return await asyncio.to_thread(self._require_streams().run_window, window)
+        """Queue the window; windows that arrive while a forward runs go together in the next one
+        (``StreamRunner.run_windows`` batches sessions that share a network), adding no delay."""
+        runner = self._require_streams()
+        future: asyncio.Future[StreamAnswer] = asyncio.get_running_loop().create_future()
+        self._stream_waiting.append((window, future))
+        if self._stream_drain is None or self._stream_drain.done():
+            self._stream_drain = asyncio.create_task(self._drain_stream_windows(runner))
+        return await future
+
+    async def _drain_stream_windows(self, runner: StreamRunner) -> None:
+        while self._stream_waiting:
+            batch, self._stream_waiting = self._stream_waiting, []
+            try:
+                answers = await asyncio.to_thread(runner.run_windows, [window for window, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():  # a session that closed meanwhile no longer waits
+                    future.set_result(answer)
 
     async def close_stream(self, session_id: str) -> None:
         if self._streams is not None:

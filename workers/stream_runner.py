@@ -10,8 +10,10 @@ Two ways to carry time across windows, chosen by the architecture (``supports_st
 
 The stream copy of a network is loaded apart from the engine's batch copy: its neurons keep state
 between forwards, which the batch path must never see. Sessions are bounded (least recently used
-dropped first: its next window starts from rest and says ``state_reset``). Synchronous: callers
-run ``run_window`` in a thread; one lock per network serialises the swap of states in and out.
+dropped first: its next window starts from rest and says ``state_reset``). A session's membranes
+live in its own ``models.stepping.StepState``; windows of several sessions that share a network
+and a shape run as one batch, their membranes stacked on the batch axis. Synchronous: callers run
+``run_windows`` in a thread.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.base import reset_state, set_backend, set_streaming, spiking_layers
+from models.base import reset_state, set_backend, set_streaming
 from models.optimize import optimize_for_inference
+from models.stepping import StepState, stepping
 from registry.manifest import Manifest
 from workers.engine import CheckpointSource
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
@@ -50,7 +53,7 @@ class _StreamModel:
 @dataclass
 class _Session:
     key: tuple[str, int]
-    membranes: list[torch.Tensor | None] | None = None  # stateful: one per neuron layer
+    membranes: dict[int, torch.Tensor] | None = None  # stateful: [1, F] per neuron (models.stepping)
     logit_sum: torch.Tensor | None = None  # stateful: [classes] sum of per-step outputs
     steps: int = 0
     frames: deque[np.ndarray] = field(default_factory=deque)  # sliding: [2, H, W] each
@@ -105,7 +108,7 @@ class StreamRunner:
             module.eval()
             set_backend(module, self.backend)
             forward = module
-        set_streaming(module, mode == "stateful")
+        set_streaming(module, False)  # a session's membranes live in its own StepState
         model = _StreamModel(manifest, module, forward, mode, manifest.time_steps.default)
         with self._lock:
             return self._models.setdefault(key, model)
@@ -121,26 +124,77 @@ class StreamRunner:
 
     def run_window(self, window: StreamWindow) -> StreamAnswer:
         """Answer one window; a session this runner does not hold starts from rest (``state_reset``)."""
-        started = time.perf_counter()
-        model = self._model(window.model_name, window.model_version)
+        return self.run_windows([window])[0]
+
+    def run_windows(self, windows: list[StreamWindow]) -> list[StreamAnswer]:
+        """Answer windows of several sessions, in order; those that share a network and a shape run
+        as one batch (their membranes stacked on the batch axis). One window per session per call
+        runs at a time: a session's second window in ``windows`` waits for its first."""
+        answers: list[StreamAnswer | None] = [None] * len(windows)
+        todo = list(range(len(windows)))
+        while todo:
+            seen: set[str] = set()
+            now: list[int] = []
+            later: list[int] = []
+            for i in todo:
+                (later if windows[i].session_id in seen else now).append(i)
+                seen.add(windows[i].session_id)
+            for i, answer in zip(now, self._run_round([windows[i] for i in now]), strict=True):
+                answers[i] = answer
+            todo = later
+        return [answer for answer in answers if answer is not None]
+
+    def _session(self, window: StreamWindow) -> tuple[_Session, bool]:
+        """(the window's session, started afresh without being asked)."""
         key = (window.model_name, int(window.model_version))
         with self._lock:
             session = self._sessions.get(window.session_id)
             fresh = session is None or session.key != key
-            if fresh or window.reset:
+            if fresh or window.reset or session is None:
                 session = _Session(key)
                 self._sessions[window.session_id] = session
-            assert session is not None
             self._sessions.move_to_end(window.session_id)
             while len(self._sessions) > self.max_sessions:
                 dropped, _ = self._sessions.popitem(last=False)
                 log.info("stream session %s dropped: more than %d sessions", dropped, self.max_sessions)
-        frames = np.asarray(window.frames, dtype=np.float32)
-        with model.lock:
-            if model.mode == "stateful":
-                logits, sample = self._step_stateful(model, session, frames, window.telemetry != "none")
-            else:
-                logits, sample = self._step_sliding(model, session, frames, window.telemetry != "none")
+        return session, fresh and window.index > 0 and not window.reset
+
+    def _run_round(self, windows: list[StreamWindow]) -> list[StreamAnswer]:
+        """Windows of distinct sessions: grouped by network and input shape, one forward a group."""
+        started = time.perf_counter()
+        items = []
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, window in enumerate(windows):
+            model = self._model(window.model_name, window.model_version)
+            session, lost = self._session(window)
+            frames = np.asarray(window.frames, dtype=np.float32)
+            if model.mode == "sliding":
+                session.frames.extend(frames)
+                while len(session.frames) > model.context_steps:
+                    session.frames.popleft()
+                session.steps = len(session.frames)
+                frames = np.stack(session.frames)
+            items.append((window, model, session, lost, frames))
+            shape = (window.model_name, int(window.model_version), frames.shape, window.telemetry != "none")
+            groups.setdefault(shape, []).append(i)
+        results: dict[int, tuple[torch.Tensor, Any]] = {}
+        for members in groups.values():
+            model = items[members[0]][1]
+            with_telemetry = items[members[0]][0].telemetry != "none"
+            sessions = [items[i][2] for i in members]
+            x = torch.from_numpy(np.stack([items[i][4] for i in members], axis=1)).to(self.device)
+            with model.lock:
+                if model.mode == "stateful":
+                    outputs = self._batch_stateful(model, sessions, x, with_telemetry)
+                else:
+                    outputs = self._forward(model, x, with_telemetry)
+            for i, output in zip(members, outputs, strict=True):
+                results[i] = output
+        compute_ms = (time.perf_counter() - started) * 1000.0
+        return [self._answer(items[i], *results[i], compute_ms) for i in range(len(items))]
+
+    def _answer(self, item: Any, logits: torch.Tensor, sample: Any, compute_ms: float) -> StreamAnswer:
+        window, model, session, lost, _ = item
         probabilities = torch.softmax(logits.float(), dim=-1)
         k = max(1, min(window.top_k, probabilities.numel()))
         top_p, top_i = torch.topk(probabilities, k)
@@ -149,9 +203,7 @@ class StreamRunner:
             {"label": labels[i] if i < len(labels) else str(i), "index": i, "probability": float(p)}
             for i, p in zip(top_i.tolist(), top_p.tolist(), strict=True)
         )
-        summary = None
-        if sample is not None:
-            summary = sample.as_dict(with_layers=window.telemetry == "layers")
+        summary = None if sample is None else sample.as_dict(with_layers=window.telemetry == "layers")
         return StreamAnswer(
             session_id=window.session_id,
             index=window.index,
@@ -160,48 +212,46 @@ class StreamRunner:
             logits=tuple(logits.float().tolist()),
             telemetry=summary,
             state_steps=session.steps,
-            state_reset=fresh and window.index > 0 and not window.reset,
-            compute_ms=(time.perf_counter() - started) * 1000.0,
+            state_reset=lost,
+            compute_ms=compute_ms,
             worker_id=self.worker_id,
         )
 
-    def _run(self, model: _StreamModel, x: torch.Tensor, with_telemetry: bool) -> tuple[torch.Tensor, Any]:
-        """x: [T, 1, 2, H, W] -> (logits [classes] averaged over T, telemetry of the forward or None)."""
-        with torch.inference_mode():
-            if not with_telemetry:
-                return model.forward(x)[0], None
-            with telemetry.record(model.module) as recorder:
-                logits = model.forward(x)[0]
-            return logits, recorder.report()[0]
-
-    def _step_stateful(
-        self, model: _StreamModel, session: _Session, frames: np.ndarray, with_telemetry: bool
-    ) -> tuple[torch.Tensor, Any]:
-        neurons = spiking_layers(model.module)
+    def _forward(
+        self, model: _StreamModel, x: torch.Tensor, with_telemetry: bool
+    ) -> list[tuple[torch.Tensor, Any]]:
+        """x: [T, B, 2, H, W] -> per sample (logits [classes], the mean over T; telemetry or None)."""
         try:
-            if session.membranes is not None:
-                for neuron, membrane in zip(neurons, session.membranes, strict=True):
-                    neuron.v = membrane
-            x = torch.from_numpy(frames).to(self.device).unsqueeze(1)
-            window_logits, sample = self._run(model, x, with_telemetry)
-            session.membranes = [neuron.v for neuron in neurons]
-        finally:
-            reset_state(model.module)  # the next session's states are swapped in before its window
-        steps = len(frames)
-        total = window_logits.float() * steps  # the window's mean -> the sum of its steps' outputs
-        session.logit_sum = total if session.logit_sum is None else session.logit_sum + total
-        session.steps += steps
-        return session.logit_sum / session.steps, sample
-
-    def _step_sliding(
-        self, model: _StreamModel, session: _Session, frames: np.ndarray, with_telemetry: bool
-    ) -> tuple[torch.Tensor, Any]:
-        session.frames.extend(frames)
-        while len(session.frames) > model.context_steps:
-            session.frames.popleft()
-        session.steps = len(session.frames)
-        x = torch.from_numpy(np.stack(session.frames)).to(self.device).unsqueeze(1)
-        try:
-            return self._run(model, x, with_telemetry)
+            with torch.inference_mode():
+                if not with_telemetry:
+                    return [(row, None) for row in model.forward(x)]
+                with telemetry.record(model.module) as recorder:
+                    logits = model.forward(x)
+                return list(zip(logits, recorder.report(), strict=True))
         finally:
             reset_state(model.module)
+
+    def _batch_stateful(
+        self, model: _StreamModel, sessions: list[_Session], x: torch.Tensor, with_telemetry: bool
+    ) -> list[tuple[torch.Tensor, Any]]:
+        """x: [k, B, 2, H, W], one column per session: its membranes in, its new membranes out."""
+        state = StepState()
+        keys = {key for session in sessions if session.membranes for key in session.membranes}
+        for key in keys:
+            rows = [session.membranes.get(key) if session.membranes else None for session in sessions]
+            like = next(row for row in rows if row is not None)
+            state.membranes[key] = torch.cat(
+                [row if row is not None else torch.zeros_like(like) for row in rows]
+            )
+        with stepping(state):
+            outputs = self._forward(model, x, with_telemetry)
+        steps = x.shape[0]
+        for b, session in enumerate(sessions):
+            session.membranes = {key: m[b : b + 1].clone() for key, m in state.membranes.items()}
+        answers = []
+        for session, (window_logits, sample) in zip(sessions, outputs, strict=True):
+            total = window_logits.float() * steps  # the window's mean -> the sum of its steps' outputs
+            session.logit_sum = total if session.logit_sum is None else session.logit_sum + total
+            session.steps += steps
+            answers.append((session.logit_sum / session.steps, sample))
+        return answers

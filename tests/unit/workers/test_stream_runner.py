@@ -106,3 +106,34 @@ def test_telemetry_per_window(registry: Registry) -> None:
         window(EVENT_DANET_MODEL, 0, frames(2, seed=7), telemetry="none")
     )
     assert quiet.telemetry is None
+
+
+def test_windows_of_several_sessions_run_as_one_batch_each_with_its_own_state(registry: Registry) -> None:
+    runner = StreamRunner(registry, backend="torch")
+    x, y, z = frames(8, seed=8), frames(8, seed=9), frames(4, seed=10)
+    runner.run_windows(
+        [window(EVENT_DANET_MODEL, 0, x[:4], session="a"), window(EVENT_DANET_MODEL, 0, y[:4], session="b")]
+    )
+    a, b, c = runner.run_windows(  # c is new: its rows start from rest beside a's and b's kept ones
+        [
+            window(EVENT_DANET_MODEL, 1, x[4:], session="a"),
+            window(EVENT_DANET_MODEL, 1, y[4:], session="b"),
+            window(EVENT_DANET_MODEL, 0, z, session="c"),
+        ]
+    )
+    for answer, inputs in ((a, x), (b, y), (c, z)):
+        expected = whole_forward(registry, EVENT_DANET_MODEL, inputs)
+        torch.testing.assert_close(torch.tensor(answer.logits), expected, atol=1e-4, rtol=1e-4)
+    assert (a.state_steps, b.state_steps, c.state_steps) == (8, 8, 4)
+
+
+def test_two_windows_of_one_session_in_one_call_run_in_order(registry: Registry) -> None:
+    runner = StreamRunner(registry, backend="torch")
+    x = frames(6, seed=11)
+    first, second = runner.run_windows(
+        [window(EVENT_DANET_MODEL, 0, x[:3]), window(EVENT_DANET_MODEL, 1, x[3:])]
+    )
+    assert (first.state_steps, second.state_steps) == (3, 6)
+    torch.testing.assert_close(
+        torch.tensor(second.logits), whole_forward(registry, EVENT_DANET_MODEL, x), atol=1e-4, rtol=1e-4
+    )
