@@ -9,7 +9,7 @@ hold the session (restarted, or another worker after a failover) starts it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 StreamMode = Literal["stateful", "sliding"]
@@ -52,5 +52,3 @@ class StreamAnswer:
     state_reset: bool = False
     compute_ms: float = 0.0
     worker_id: str = ""
-    error: tuple[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)

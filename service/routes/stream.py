@@ -1,6 +1,7 @@
 """``WS /v1/models/{ref}/stream``: live event streams, one JSON answer per window.
 
-Query: ``window_ms`` (or ``window_us``; default 50 ms), ``time_steps`` per window (default 1),
+Query: ``window_ms`` (or ``window_us``; default 50 ms) or ``window_events`` (windows of that many
+events), ``time_steps`` per window (default 1),
 ``fit`` (crop | scale), ``telemetry`` (none | summary | layers), ``top_k``, ``format`` (aedat4 |
 nmnist | npy; default: the first bytes say), ``sensor_width``/``sensor_height`` (a format that
 states no sensor), ``api_key`` (or the ``X-API-Key`` / ``Authorization: Bearer`` headers).
@@ -128,6 +129,11 @@ def _params(query: Any, steps: int, telemetry: str, top_k: int) -> StreamParams:
             f"a window must last {steps} us (one per step) to {MAX_WINDOW_US // 1_000_000} s, "
             f"got {window_us} us",
         )
+    window_events = None
+    if query.get("window_events"):
+        window_events = _int(query.get("window_events"), "window_events", 0)
+        if not steps <= window_events <= 10_000_000:
+            raise _Refused("invalid_request", f"window_events must be {steps} (one per step) to 10,000,000")
     fit = query.get("fit") or None
     if fit is not None and fit not in FITS:
         raise _Refused("invalid_request", f"fit must be crop or scale, got {fit!r}")
@@ -140,7 +146,7 @@ def _params(query: Any, steps: int, telemetry: str, top_k: int) -> StreamParams:
         sensor = (_int(width, "sensor_width", 0), _int(height, "sensor_height", 0))
         if min(sensor) < 1 or max(sensor) > 65535:
             raise _Refused("invalid_request", "sensor_width and sensor_height must both be 1..65535")
-    return StreamParams(window_us, steps, fit, telemetry, top_k, fmt, sensor)
+    return StreamParams(window_us, steps, fit, telemetry, top_k, fmt, sensor, window_events)
 
 
 async def _refuse(websocket: WebSocket, refused: _Refused) -> None:

@@ -32,7 +32,7 @@ from eventio.stream import StreamDecoder
 from eventio.transforms import crop_events, scale_events
 from registry.manifest import Manifest
 from service.streams import metrics
-from service.streams.windows import Window, Windower
+from service.streams.windows import EventCountWindower, Window, Windower
 from workers.pool import WorkerPool
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
@@ -63,6 +63,7 @@ class StreamParams:
     top_k: int
     format: str | None
     sensor_size: tuple[int, int] | None  # the client's sensor, when its format states none
+    window_events: int | None = None  # windows of this many events instead of window_us
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ class StreamSession:
         spec = manifest.input
         self.target = (int(getattr(spec, "sensor_width", 0)), int(getattr(spec, "sensor_height", 0)))
         self.decoder = StreamDecoder(params.format, max_packet_events=limits.max_message_events)
-        self.windower = Windower(params.window_us, params.steps, self.target)
+        self.windower: Windower | EventCountWindower = (
+            EventCountWindower(params.window_events, params.steps, self.target)
+            if params.window_events
+            else Windower(params.window_us, params.steps, self.target)
+        )
         self.counters = SessionCounters()
         self.mode: StreamMode = "stateful"
         self._pending: deque[_Queued] = deque()
@@ -157,7 +162,8 @@ class StreamSession:
             "session_id": self.session_id,
             "model": {"name": self.manifest.name, "version": self.manifest.version},
             "mode": self.mode,
-            "window_us": self.params.window_us,
+            "window_us": None if self.params.window_events else self.params.window_us,
+            "window_events": self.params.window_events,
             "steps_per_window": self.params.steps,
             "context_steps": context_steps if self.mode == "sliding" else None,
             "sensor": {"width": self.target[0], "height": self.target[1]},

@@ -141,3 +141,57 @@ class Windower:
         self._frames = self._empty()
         self._count = 0
         return window
+
+
+class EventCountWindower:
+    """Windows of ``window_events`` events each (``window_events=`` on the route), ``steps`` frames of
+    ``window_events / steps`` consecutive events: a busy scene answers more often than a still one.
+
+    start_us/end_us: the first event's t and the last event's t + 1. Events are taken in arrival
+    order; ``late_events`` and ``skipped_windows`` stay 0 (there is no time grid to fall behind).
+    """
+
+    def __init__(self, window_events: int, steps: int, sensor_size: tuple[int, int]) -> None:
+        if window_events < steps or steps < 1:
+            raise ValueError("window_events must be >= steps >= 1")
+        self.window_events = int(window_events)
+        self.steps = int(steps)
+        self.width, self.height = (int(n) for n in sensor_size)
+        self.late_events = 0
+        self.skipped_windows = 0
+        self._next_index = 0
+        self._held: list[np.ndarray] = []  # events of the window being filled
+        self._count = 0
+
+    def restart(self) -> None:
+        self._held, self._count = [], 0
+
+    def push(self, events: np.ndarray) -> list[Window]:
+        done: list[Window] = []
+        while len(events):
+            take = min(len(events), self.window_events - self._count)
+            self._held.append(events[:take])
+            self._count += take
+            events = events[take:]
+            if self._count == self.window_events:
+                done.append(self._close())
+        return done
+
+    def flush(self) -> Window | None:
+        return self._close() if self._count else None
+
+    def _close(self) -> Window:
+        events = np.concatenate(self._held)
+        position = np.arange(len(events), dtype=np.int64)
+        step = position * self.steps // self.window_events
+        frames = np.zeros((self.steps, 2, self.height, self.width), dtype=np.float32)
+        index = (step * 2 + events["p"].astype(np.int64)) * self.height + events["y"].astype(np.int64)
+        index = index * self.width + events["x"].astype(np.int64)
+        frames += np.bincount(index, minlength=frames.size).reshape(frames.shape)
+        t = events["t"]
+        window = Window(
+            self._next_index, int(t.min()), int(t.max()) + 1, frames, len(events), time.perf_counter()
+        )
+        self._next_index += 1
+        self.restart()
+        return window

@@ -238,3 +238,17 @@ def test_stream_metrics_are_exported_and_promtool_clean(streaming: TestClient, s
         [str(promtool), "check", "metrics"], input="\n".join(lines) + "\n", capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_windows_of_a_fixed_event_count(streaming: TestClient, shared_data: Path) -> None:
+    events = read_events((shared_data / "nmnist_sample.bin").read_bytes()).events
+    with streaming.websocket_connect(
+        f"/v1/models/{EVENT_DANET_MODEL}/stream?window_events=1000&time_steps=2"
+    ) as ws:
+        ready = ws.receive_json()
+        assert ready["window_events"] == 1000 and ready["window_us"] is None
+        ws.send_bytes(write_npy(events))
+        ws.send_text(json.dumps({"close": True}))
+        windows = [m for m in receive_until_closed(ws) if m["type"] == "window"]
+    assert [w["events"] for w in windows] == [1000] * 4 + [len(events) - 4000]
+    assert [w["state_steps"] for w in windows] == [2, 4, 6, 8, 10]

@@ -57,3 +57,17 @@ def test_merge_adds_counts_and_extends_the_window() -> None:
     first.merge(second)
     assert first.events == 3 and first.merged == 2 and first.end_us == 2000
     assert first.frames.sum() == 3
+
+
+def test_event_count_windows_equal_one_event_count_binning(shared_data: Path) -> None:
+    from service.streams.windows import EventCountWindower
+
+    events = read_events((shared_data / "nmnist_sample.bin").read_bytes()).events
+    windower = EventCountWindower(window_events=1000, steps=4, sensor_size=(34, 34))
+    windows = [w for chunk in one_ms_chunks(events) for w in windower.push(chunk)]
+    assert len(windows) == len(events) // 1000 and all(w.events == 1000 for w in windows)
+    stacked = np.concatenate([w.frames for w in windows])
+    expected = events_to_frames(events, (34, 34), len(stacked), "event_count", event_count=250)
+    assert np.array_equal(stacked, expected)
+    last = windower.flush()
+    assert last is not None and last.events == len(events) % 1000
