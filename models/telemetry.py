@@ -355,7 +355,7 @@ def sum_over_steps(steps: Sequence[SampleTelemetry]) -> SampleTelemetry:
         macs=sum(step.macs for step in steps),
         dense_macs=sum(step.dense_macs for step in steps),
         energy_uj=energy_uj,
-        ann_energy_uj=sum(step.ann_energy_uj for step in steps),
+        ann_energy_uj=steps[0].ann_energy_uj,  # one forward of the ANN, however many steps ran
         layers=tuple(layers),
         synaptic_layers=tuple(synaptic_layers),
     )
