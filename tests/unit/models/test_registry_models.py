@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models import create_model, default_input, list_models
+from models._registry import _BUILDERS
 from models.base import spiking_layers
 
 NUM_CLASSES = 7
@@ -39,9 +40,15 @@ def small_case(arch: str) -> tuple[dict[str, Any], tuple[int, ...]]:
     return config, (min(STEPS, spec["time_steps"]), BATCH, channels, height, width)
 
 
+def product_models() -> list[str]:
+    """The architectures the ``models`` package registers: tests register stand-ins of their own
+    (a net that raises on purpose, say) in the same registry, and those are not under test here."""
+    return [arch for arch in list_models() if _BUILDERS[arch].__module__.startswith("models.")]
+
+
 def arch_params() -> list[Any]:
     params = []
-    for arch in list_models():
+    for arch in product_models():
         _, shape = small_case(arch)
         slow = shape[-2] * shape[-1] > SLOW_AREA
         params.append(pytest.param(arch, marks=pytest.mark.slow) if slow else arch)
@@ -68,7 +75,7 @@ DANETS = {
 
 
 def test_every_architecture_states_its_default_input() -> None:
-    names = list_models()
+    names = product_models()
     assert DANETS.issubset(names)
     for arch in names:
         spec = default_input(arch)
