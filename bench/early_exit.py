@@ -200,6 +200,7 @@ def main() -> int:
     parser.add_argument("--baseline", default=None, help="git ref of the code before early exit")
     parser.add_argument("--pair-seconds", type=float, default=5.0, help="length of a side-by-side round")
     parser.add_argument("--pair-rounds", type=int, default=4)
+    parser.add_argument("--baseline-only", action="store_true", help="only part 2, exit absent vs before")
     parser.add_argument("--engine-repeats", type=int, default=10, help="repeats of the in-process check")
     args = parser.parse_args()
 
@@ -213,69 +214,72 @@ def main() -> int:
         f"# model: {args.model} from {args.registry}; inputs: the {len(bodies)} MNIST-5k test digits, cycled"
     )
 
-    modes: list[float | None] = [None, *args.thresholds]
-    loads: dict[tuple[int, float | None], list[Load]] = {(c, m): [] for c in args.clients for m in modes}
-    with ServerProcess(args.registry, env=env, args=["--models", name, "--log-level", "info"]) as server:
-        # The first early-exit batch has its one-step calls compiled in the background (the neuron
-        # backend's variants for T=1 with kept membranes); measure once that is done.
-        deadline = time.monotonic() + 600
-        while "for early exit in" not in server.log() and time.monotonic() < deadline:
-            warm = mode_path(args.model, 0.9)
-            asyncio.run(cycle_load(server.url, warm, bodies, clients=32, requests=64, duration_s=None))
-        print(f"# early exit ready: {'yes' if 'for early exit in' in server.log() else 'NO (timed out)'}")
-        for round_index in range(args.rounds):
-            shift = round_index % len(modes)
+    if not args.baseline_only:
+        modes: list[float | None] = [None, *args.thresholds]
+        loads: dict[tuple[int, float | None], list[Load]] = {(c, m): [] for c in args.clients for m in modes}
+        with ServerProcess(
+            args.registry, env=env, args=["--models", name, "--log-level", "info"], ready_timeout_s=900
+        ) as server:
+            # The first early-exit batch has its one-step calls compiled in the background (the neuron
+            # backend's variants for T=1 with kept membranes); measure once that is done.
+            deadline = time.monotonic() + 600
+            while "for early exit in" not in server.log() and time.monotonic() < deadline:
+                warm = mode_path(args.model, 0.9)
+                asyncio.run(cycle_load(server.url, warm, bodies, clients=32, requests=64, duration_s=None))
+            print(f"# early exit ready: {'yes' if 'for early exit in' in server.log() else 'NO (timed out)'}")
+            for round_index in range(args.rounds):
+                shift = round_index % len(modes)
+                for clients in args.clients:
+                    requests = args.requests if clients > 1 else args.requests_one
+                    for mode in modes[shift:] + modes[:shift]:
+                        load = asyncio.run(
+                            cycle_load(server.url, mode_path(args.model, mode), bodies, clients=clients,
+                                       requests=requests, duration_s=None)
+                        )  # fmt: skip
+                        loads[(clients, mode)].append(load)
+                print(f"# round {round_index + 1}/{args.rounds} done", flush=True)
+
+        print()
+        print(f"Same server, {args.rounds} rounds; req/s and p50 of the median round; ratio = req/s")
+        print("over exit off within each round, median [min-max]; steps = mean time steps used")
+        header = "| threshold | steps |" + "".join(
+            f" req/s @{c} | p50 ms @{c} | ratio @{c} |" for c in args.clients
+        )
+        print(header)
+        print("|" + "---|" * (2 + 3 * len(args.clients)))
+        for mode in modes:
+            cells = []
+            steps_all = [s for c in args.clients for load in loads[(c, mode)] for s in load.steps_used]
+            steps = f"{statistics.mean(steps_all):.2f}" if steps_all else "all"
             for clients in args.clients:
-                requests = args.requests if clients > 1 else args.requests_one
-                for mode in modes[shift:] + modes[:shift]:
-                    load = asyncio.run(
-                        cycle_load(server.url, mode_path(args.model, mode), bodies, clients=clients,
-                                   requests=requests, duration_s=None)
-                    )  # fmt: skip
-                    loads[(clients, mode)].append(load)
-            print(f"# round {round_index + 1}/{args.rounds} done", flush=True)
+                rounds = loads[(clients, mode)]
+                chosen = sorted(rounds, key=lambda load: load.rps)[len(rounds) // 2]
+                ratios = [r.rps / off.rps for r, off in zip(rounds, loads[(clients, None)], strict=True)]
+                ratio = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+                cells.append(f" {chosen.rps:.1f} | {chosen.p50:.1f} | {ratio} |")
+            errors = sum(load.errors for c in args.clients for load in loads[(c, mode)])
+            label = "off" if mode is None else f"{mode:g}"
+            print(f"| {label} | {steps} |" + "".join(cells) + (f" ({errors} errors)" if errors else ""))
 
-    print()
-    print(
-        f"Same server, {args.rounds} rounds; req/s and p50 of the median round; ratio = req/s over exit off"
-    )
-    print("within each round, median [min-max]; steps = mean time steps used")
-    header = "| threshold | steps |" + "".join(
-        f" req/s @{c} | p50 ms @{c} | ratio @{c} |" for c in args.clients
-    )
-    print(header)
-    print("|" + "---|" * (2 + 3 * len(args.clients)))
-    for mode in modes:
-        cells = []
-        steps_all = [s for c in args.clients for load in loads[(c, mode)] for s in load.steps_used]
-        steps = f"{statistics.mean(steps_all):.2f}" if steps_all else "all"
-        for clients in args.clients:
-            rounds = loads[(clients, mode)]
-            chosen = sorted(rounds, key=lambda load: load.rps)[len(rounds) // 2]
-            ratios = [r.rps / off.rps for r, off in zip(rounds, loads[(clients, None)], strict=True)]
-            ratio = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
-            cells.append(f" {chosen.rps:.1f} | {chosen.p50:.1f} | {ratio} |")
-        errors = sum(load.errors for c in args.clients for load in loads[(c, mode)])
-        label = "off" if mode is None else f"{mode:g}"
-        print(f"| {label} | {steps} |" + "".join(cells) + (f" ({errors} errors)" if errors else ""))
-
-    engine_seconds = engine_check(args.registry, args.model, modes, 32, args.engine_repeats)
-    print()
-    repeats = f"{args.engine_repeats} interleaved repeats"
-    print(f"In-process (Engine.run_batch, batches of 32 test digits, {repeats}):")
-    for mode, times in engine_seconds.items():
-        speedup = [off / t for off, t in zip(engine_seconds[None], times, strict=True)]
-        label = "off" if mode is None else f"{mode:g}"
-        spread = f"[{min(speedup):.2f}-{max(speedup):.2f}]"
-        print(f"  exit {label:>6}: {statistics.median(times) * 1000:7.1f} ms a batch (median), "
-              f"{statistics.median(speedup):.2f}x of exit off {spread}")  # fmt: skip
+        engine_seconds = engine_check(args.registry, args.model, modes, 32, args.engine_repeats)
+        print()
+        repeats = f"{args.engine_repeats} interleaved repeats"
+        print(f"In-process (Engine.run_batch, batches of 32 test digits, {repeats}):")
+        for mode, times in engine_seconds.items():
+            speedup = [off / t for off, t in zip(engine_seconds[None], times, strict=True)]
+            label = "off" if mode is None else f"{mode:g}"
+            spread = f"[{min(speedup):.2f}-{max(speedup):.2f}]"
+            print(f"  exit {label:>6}: {statistics.median(times) * 1000:7.1f} ms a batch (median), "
+                  f"{statistics.median(speedup):.2f}x of exit off {spread}")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="bench-early-exit-") as scratch:
         baseline_root, commit = baseline_checkout(args.baseline, Path(scratch))
         ratios = []
         with (
-            ServerProcess(args.registry, env=env, args=["--models", name]) as current,
-            ServerProcess(args.registry, env=env, args=["--models", name], cwd=baseline_root) as before,
+            ServerProcess(args.registry, env=env, args=["--models", name], ready_timeout_s=900) as current,
+            ServerProcess(
+                args.registry, env=env, args=["--models", name], ready_timeout_s=900, cwd=baseline_root
+            ) as before,
         ):
             for server in (current, before):
                 asyncio.run(
