@@ -200,6 +200,12 @@ def main() -> int:
     parser.add_argument("--baseline", default=None, help="git ref of the code before early exit")
     parser.add_argument("--pair-seconds", type=float, default=5.0, help="length of a side-by-side round")
     parser.add_argument("--pair-rounds", type=int, default=4)
+    parser.add_argument(
+        "--baseline-dir",
+        type=Path,
+        default=None,
+        help="a folder holding the baseline code (instead of --baseline)",
+    )
     parser.add_argument("--baseline-only", action="store_true", help="only part 2, exit absent vs before")
     parser.add_argument("--engine-repeats", type=int, default=10, help="repeats of the in-process check")
     args = parser.parse_args()
@@ -273,7 +279,10 @@ def main() -> int:
                   f"{statistics.median(speedup):.2f}x of exit off {spread}")  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="bench-early-exit-") as scratch:
-        baseline_root, commit = baseline_checkout(args.baseline, Path(scratch))
+        if args.baseline_dir is not None:
+            baseline_root, commit = args.baseline_dir, str(args.baseline_dir)
+        else:
+            baseline_root, commit = baseline_checkout(args.baseline, Path(scratch))
         ratios = []
         with (
             ServerProcess(args.registry, env=env, args=["--models", name], ready_timeout_s=900) as current,
