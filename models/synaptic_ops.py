@@ -10,11 +10,12 @@
   third on a 4x4 map under a 3x3 kernel); it is kept to compare with published energy tables.
 
 An input value of 2 (a SEW sum of two coinciding spikes) is two events: counts are sums, not
-counts of non-zeros. Cost: for the usual stride-1 "same" conv the fan-out is full everywhere but
-in a thin border band, so the exact count is the full fan-out times the event total (which the
-neuron that fired the input already counted) minus the deficit summed over that band only; other
-geometries (strides) take one reduction of the input over time and channels. What a geometry needs
-on an input size (fan-out, deficit map, band indices) is prepared once and cached.
+counts of non-zeros. Cost: where the fan-out is the same everywhere (a 1x1 stride-1 conv) the
+exact count is the event total (which the neuron that fired the input already counted) times it;
+elsewhere it is one matrix-vector product of the input, [T*B*C, H*W] x the fan-out map [H*W], the
+cheapest single pass over the input on a CPU (several times faster than a reduction over time and
+channels followed by a weighted sum). The fan-out map of a geometry on an input size is prepared
+once and cached.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ def conv_synaptic_ops(
     nominal = total * plan.nominal_per_event
     if plan.padded:
         return SynapticOps(_padded_count(conv, x) * plan.channels_reached, nominal)
-    exact = total * plan.full_per_event
-    for rows, cols, deficit in plan.shortfall:  # views of x, no copies
-        per_position = x[:, :, :, rows, cols].sum(dim=(0, 2), dtype=torch.float32)  # [B, h, w]
-        exact = exact - (per_position * deficit).sum(dim=(1, 2))
-    return SynapticOps(exact, nominal)
+    if plan.fanout is None:  # every position reaches the same number of outputs
+        return SynapticOps(total * plan.full_per_event, nominal)
+    # fan-out counts are small integers, exact in any float type; sums of products stay exact in
+    # float32 (products summed over one map < 2**24), then add up over time and channels in float64
+    flat = x.flatten(3) if x.dtype in (torch.float32, torch.float64) else x.flatten(3).float()
+    reached = flat @ plan.fanout.to(flat.dtype)  # [T, B, C]
+    return SynapticOps(reached.sum(dim=(0, 2), dtype=torch.float64) * plan.channels_reached, nominal)
 
 
 class _Geometry(NamedTuple):
@@ -91,11 +94,9 @@ class _ConvPlan(NamedTuple):
 
     channels_reached: int
     nominal_per_event: float
-    full_per_event: float  # every output an event could reach, the border ignored
+    full_per_event: float  # outputs an event reaches where nothing cuts its fan-out
     padded: bool  # a non-zero padding mode: count through the padded copies
-    # (rows, cols, deficit [h, w] float64): where an event reaches fewer outputs than the full
-    # fan-out, and by how many: the border bands, or the whole map under a stride
-    shortfall: tuple[tuple[slice, slice, torch.Tensor], ...]
+    fanout: torch.Tensor | None  # [H*W] float32: output positions each input position reaches
 
 
 @functools.lru_cache(maxsize=4096)
@@ -113,42 +114,20 @@ def _conv_plan(
     cols = _axis_fanout(
         width, kernel_w, geometry.stride[1], geometry.pad_before[1], geometry.dilation[1], out_size[1]
     )
-    full = rows.full * cols.full
-    plan = _ConvPlan(channels_reached, nominal, float(full * channels_reached), False, ())
+    plan = _ConvPlan(channels_reached, nominal, float(rows.full * cols.full * channels_reached), False, None)
     if geometry.padding_mode != "zeros":
         return plan._replace(padded=True)
-    fanout = torch.outer(
-        torch.tensor(rows.counts, dtype=torch.float64), torch.tensor(cols.counts, dtype=torch.float64)
-    )
-    deficit = (full - fanout) * channels_reached
-    if not deficit.any():
+    if len(set(rows.counts)) == 1 and len(set(cols.counts)) == 1:
         return plan
-    everything = slice(None)
-    if not (rows.banded and cols.banded):
-        return plan._replace(shortfall=((everything, everything, deficit.to(device)),))
-    # top and bottom bands across the full width, then left and right bands between them
-    middle = slice(rows.before, height - rows.after)
-    shortfall = [(band, everything, deficit[band, :]) for band in _bands(rows.before, rows.after, height)]
-    shortfall += [(middle, band, deficit[middle, band]) for band in _bands(cols.before, cols.after, width)]
-    return plan._replace(shortfall=tuple((r, c, d.contiguous().to(device)) for r, c, d in shortfall))
-
-
-def _bands(before: int, after: int, length: int) -> list[slice]:
-    """The leading ``before`` and trailing ``after`` positions of an axis as slices (views of x).
-
-    The usual 3x3 "same" conv has one short position at each end: one strided slice takes both.
-    """
-    if before == after == 1 and length > 1:
-        return [slice(0, length, length - 1)]
-    return [band for band in (slice(0, before), slice(length - after, length)) if band.stop > band.start]
+    fanout = torch.outer(
+        torch.tensor(rows.counts, dtype=torch.float32), torch.tensor(cols.counts, dtype=torch.float32)
+    )
+    return plan._replace(fanout=fanout.flatten().to(device))
 
 
 class _AxisFanout(NamedTuple):
     counts: tuple[int, ...]  # outputs reached from each input position along one axis
     full: int  # the largest count
-    before: int  # leading positions below ``full``
-    after: int  # trailing positions below ``full``
-    banded: bool  # every position between the two bands reaches ``full``
 
 
 def _axis_fanout(
@@ -160,11 +139,7 @@ def _axis_fanout(
             position = out * stride - pad + tap * dilation
             if 0 <= position < length:
                 counts[position] += 1
-    full = max(counts, default=0)
-    before = next((i for i, c in enumerate(counts) if c == full), length)
-    after = next((i for i, c in enumerate(reversed(counts)) if c == full), length)
-    banded = before + after < length and all(c == full for c in counts[before : length - after])
-    return _AxisFanout(tuple(counts), full, before, after, banded)
+    return _AxisFanout(tuple(counts), max(counts, default=0))
 
 
 def _padded_count(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
