@@ -178,10 +178,10 @@ class TelemetryRecorder:
         self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
 
     def input_events(self, x: torch.Tensor) -> torch.Tensor:
-        """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] float32."""
+        """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] (int64 or float32)."""
         last = getattr(self, "_last_spikes", None)
         if last is not None and last[0]() is x:
-            return last[1].to(torch.float32)
+            return last[1]  # int64 counts; the SOP count converts once
         return event_count(x)
 
     def record_synapse(
@@ -200,9 +200,8 @@ class TelemetryRecorder:
         tally = self._synapses.setdefault(self._name(module), _SynapseTally(analog_input=analog))
         tally.macs += macs_per_step * time_steps
         tally.time_steps += time_steps
-        if synaptic_ops is not None:
-            exact = synaptic_ops.exact.detach().to(torch.float64)
-            nominal = synaptic_ops.nominal.detach().to(torch.float64)
+        if synaptic_ops is not None:  # float64 already (SynapticOps); no conversion on this hot path
+            exact, nominal = synaptic_ops.exact.detach(), synaptic_ops.nominal.detach()
             tally.synaptic_ops = exact if tally.synaptic_ops is None else tally.synaptic_ops + exact
             nominal_so_far = tally.synaptic_ops_nominal
             tally.synaptic_ops_nominal = nominal if nominal_so_far is None else nominal_so_far + nominal
