@@ -63,7 +63,7 @@ class _SynapseTally:
     synaptic_ops_nominal: torch.Tensor | None = None  # [B] float64, rate x T x MACs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LayerTelemetry:
     """One spiking layer's activity for one sample."""
 
@@ -81,7 +81,7 @@ class LayerTelemetry:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SynapticLayerTelemetry:
     """One synaptic layer's (conv, linear, attention product) work for one sample.
 
@@ -207,63 +207,61 @@ class TelemetryRecorder:
             tally.synaptic_ops_nominal = nominal if nominal_so_far is None else nominal_so_far + nominal
 
     def report(self) -> list[SampleTelemetry]:
-        """Per-sample telemetry, one entry per batch element (a single host transfer per tensor)."""
-        # lists, not tensors: indexing a tensor per sample and layer made report() 3x slower
-        layer_counts = {
-            name: t.spikes.cpu().tolist() for name, t in self._spikes.items() if t.spikes is not None
-        }
-        sops = {
-            name: (t.synaptic_ops.cpu().tolist(), t.synaptic_ops_nominal.cpu().tolist())
-            for name, t in self._synapses.items()
-            if t.synaptic_ops is not None and t.synaptic_ops_nominal is not None
-        }
-        batch = next((len(c) for c in layer_counts.values()), 0)
-        if batch == 0 and sops:
-            batch = len(next(iter(sops.values()))[0])
-        return [self._sample(b, layer_counts, sops) for b in range(batch)]
+        """Per-sample telemetry, one entry per batch element (a single host transfer per tensor).
 
-    def _sample(
-        self,
-        b: int,
-        layer_counts: dict[str, list[int]],
-        sops: dict[str, tuple[list[float], list[float]]],
-    ) -> SampleTelemetry:
-        layers = []
-        total_spikes = total_capacity = 0
-        for name, tally in self._spikes.items():
-            spikes = int(layer_counts[name][b])
-            capacity = tally.neurons * tally.time_steps
-            total_spikes += spikes
-            total_capacity += capacity
-            layers.append(LayerTelemetry(name, tally.neurons, spikes, spikes / capacity if capacity else 0.0))
-        work = []  # (name, input, macs, exact, nominal, energy in pJ)
-        for name, synapse in self._synapses.items():
-            if synapse.analog_input:
-                work.append((name, "real", synapse.macs, 0.0, 0.0, E_MAC_PJ * synapse.macs))
-            else:
-                exact, nominal = (float(counts[b]) for counts in sops[name])
-                work.append((name, "events", synapse.macs, exact, nominal, E_AC_PJ * exact))
-        energy_pj = sum(entry[5] for entry in work)
-        dense_macs = float(sum(entry[2] for entry in work))
-        one_step_macs = sum(t.macs / t.time_steps for t in self._synapses.values() if t.time_steps)
-        synaptic_layers = tuple(
-            SynapticLayerTelemetry(
-                name, kind, float(macs), exact, nominal, pj * 1e-6, pj / energy_pj if energy_pj else 0.0
+        What is the same for every sample of the batch (names, capacities, the MACs of layers fed by
+        real values, the totals of MACs) is worked out once; the per-sample loop only reads counts.
+        """
+        # lists, not tensors: indexing a tensor per sample and layer made report() 3x slower
+        spiking = [(name, t) for name, t in self._spikes.items() if t.spikes is not None]
+        spike_rows = list(zip(*(t.spikes.cpu().tolist() for _, t in spiking), strict=True))
+        synapses = list(self._synapses.items())
+        event_layers = [t for _, t in synapses if not t.analog_input]
+        exact_rows = list(zip(*(t.synaptic_ops.cpu().tolist() for t in event_layers), strict=True))
+        nominal_rows = list(zip(*(t.synaptic_ops_nominal.cpu().tolist() for t in event_layers), strict=True))
+        batch = len(spike_rows) if spiking else len(exact_rows)
+        capacities = [t.neurons * t.time_steps for _, t in spiking]
+        total_capacity = sum(capacities)
+        real_macs = float(sum(t.macs for _, t in synapses if t.analog_input))
+        dense_macs = float(sum(t.macs for _, t in synapses))
+        ann_energy_uj = E_MAC_PJ * sum(t.macs / t.time_steps for _, t in synapses if t.time_steps) * 1e-6
+        samples = []
+        for b in range(batch):
+            spikes = spike_rows[b] if spiking else ()
+            layers = tuple(
+                LayerTelemetry(name, t.neurons, count, count / capacity if capacity else 0.0)
+                for (name, t), count, capacity in zip(spiking, spikes, capacities, strict=True)
             )
-            for name, kind, macs, exact, nominal, pj in work
-        )
-        return SampleTelemetry(
-            spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
-            spikes=total_spikes,
-            synaptic_ops=sum(layer.synaptic_ops for layer in synaptic_layers),
-            synaptic_ops_nominal=sum(layer.synaptic_ops_nominal for layer in synaptic_layers),
-            macs=float(sum(entry[2] for entry in work if entry[1] == "real")),
-            dense_macs=dense_macs,
-            energy_uj=energy_pj * 1e-6,
-            ann_energy_uj=E_MAC_PJ * one_step_macs * 1e-6,
-            layers=tuple(layers),
-            synaptic_layers=synaptic_layers,
-        )
+            exact, nominal = (exact_rows[b], nominal_rows[b]) if event_layers else ((), ())
+            work = []  # (name, input, macs, exact, nominal, energy in pJ)
+            k = 0
+            for name, synapse in synapses:
+                if synapse.analog_input:
+                    work.append((name, "real", synapse.macs, 0.0, 0.0, E_MAC_PJ * synapse.macs))
+                else:
+                    work.append((name, "events", synapse.macs, exact[k], nominal[k], E_AC_PJ * exact[k]))
+                    k += 1
+            energy_pj = sum(entry[5] for entry in work)
+            share = 1.0 / energy_pj if energy_pj else 0.0
+            total_spikes = sum(spikes)
+            samples.append(
+                SampleTelemetry(
+                    spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
+                    spikes=total_spikes,
+                    synaptic_ops=float(sum(exact)),
+                    synaptic_ops_nominal=float(sum(nominal)),
+                    macs=real_macs,
+                    dense_macs=dense_macs,
+                    energy_uj=energy_pj * 1e-6,
+                    ann_energy_uj=ann_energy_uj,
+                    layers=layers,
+                    synaptic_layers=tuple(
+                        SynapticLayerTelemetry(name, kind, float(macs), ex, nom, pj * 1e-6, pj * share)
+                        for name, kind, macs, ex, nom, pj in work
+                    ),
+                )
+            )
+        return samples
 
 
 @contextlib.contextmanager
