@@ -91,8 +91,14 @@ _known_depth_labels: set[str] = set()
 
 
 def refresh_queue_depth(pool: WorkerPool) -> None:
-    """Copy the pool's queue depth per model into the gauge."""
+    """Copy the pool's queue depth per model into the gauge.
+
+    Every loaded model has a series, 0 while nothing waits: a queue that a scrape never happens to
+    catch non-empty would otherwise have no series at all, and its panel would read "no data".
+    """
     depths = pool.queue_depth_by_model()
+    for name, _version in pool.loaded_models():
+        depths.setdefault(name, 0)
     for model in _known_depth_labels - depths.keys():
         QUEUE_DEPTH.labels(model).set(0)  # a drained queue reads 0, not its last value
     for model, depth in depths.items():

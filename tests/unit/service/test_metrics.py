@@ -67,6 +67,14 @@ def test_queue_depth_follows_the_pool_and_drains_to_zero() -> None:
     assert value("spikeserve_queue_depth", model="depth-b") == 2
 
 
+def test_every_loaded_model_has_a_queue_depth_series_before_anything_waits() -> None:
+    pool = StaticPool()
+    pool.depths = {}
+    pool.loaded_models = lambda: [("depth-idle", 1)]  # type: ignore[method-assign]
+    refresh_queue_depth(pool)
+    assert REGISTRY.get_sample_value("spikeserve_queue_depth", {"model": "depth-idle"}) == 0.0
+
+
 def test_queue_limit_is_the_one_this_process_enforces() -> None:
     # embedded: the batcher's queue; distributed: each model's Redis backlog
     set_queue_limit(Settings(max_queue_size=77, redis_max_backlog=9000))
