@@ -160,7 +160,9 @@ async def serve(
         raise ValueError("a worker needs settings.redis_url")
     from workers.batcher import Batcher
     from workers.engine import Engine  # torch arrives here
+    from workers.redis_stream_worker import StreamInbox
     from workers.redis_worker import RedisWorker
+    from workers.stream_runner import StreamRunner
 
     if settings.torch_threads:
         import torch
@@ -187,6 +189,13 @@ async def serve(
                 engine.unload(name, version)
                 log.info("unloaded %s:%d (deleted from the registry)", name, version)
 
+    # live streams run on their own copy of each network, loaded at a session's first open
+    streams = StreamRunner(
+        registry,
+        device=settings.device,
+        backend=settings.neuron_backend,
+        max_sessions=settings.stream_max_sessions,
+    )
     await asyncio.to_thread(reload)  # load and warm up before taking the first request
     batcher = Batcher(
         engine.run_batch,
@@ -210,10 +219,14 @@ async def serve(
             "loaded": [f"{name}:{version}" for name, version in engine.loaded()],
             "failed": engine.failed(),
             "batches": batcher.batches_run,
+            "streams": True,  # reads its own window stream: gateways may pin sessions to it
+            "stream_sessions": streams.sessions(),
         },
         on_registry_change=lambda: asyncio.to_thread(reload),
     )
     engine.worker_id = worker.worker_id  # results and spikeserve_worker_batches_total carry the same id
+    streams.worker_id = worker.worker_id
+    inbox = StreamInbox(settings.redis_url, streams, worker.worker_id, prefix=settings.redis_prefix)
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -224,7 +237,10 @@ async def serve(
     log.info(
         "worker %s on %s, serving %s", worker.worker_id, settings.device, ", ".join(served()) or "nothing yet"
     )
+    inbox_task = asyncio.create_task(inbox.run(), name="worker-stream-windows")
     try:
         await worker.run()
     finally:
+        inbox.stop()
+        await asyncio.wait([inbox_task], timeout=3.0)
         await batcher.stop()

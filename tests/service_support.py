@@ -79,7 +79,7 @@ class StaticPool:
     def unload_model(self, name: str, version: int) -> None:
         pass
 
-    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+    async def open_stream(self, session_id: str, name: str, version: int) -> tuple[StreamMode, int]:
         raise WorkerUnavailableError("StaticPool runs no streams")
 
     async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:

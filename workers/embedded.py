@@ -156,7 +156,7 @@ class EmbeddedPool:
             }
         ]
 
-    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
+    async def open_stream(self, session_id: str, name: str, version: int) -> tuple[StreamMode, int]:
         runner = self._require_streams()
         return await asyncio.to_thread(runner.describe, name, version)
 

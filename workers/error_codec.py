@@ -1,6 +1,7 @@
 """The one codec between a typed error and its ``(code, message)`` on the wire.
 
-The engine encodes what went wrong into ``InferenceResult.error``; both pools (embedded and Redis)
+The engine encodes what went wrong into ``InferenceResult.error`` (a stream worker into
+``StreamAnswer.error``); both pools (embedded and Redis)
 decode it back with ``raise_for_error``, so one worker error raises the same class, and therefore
 gets the same HTTP status and code, whichever way the request ran. Codes are unique across the
 worker and registry families; a code this gateway does not know (a newer worker) is answered as
@@ -9,11 +10,12 @@ worker and registry families; a code this gateway does not know (a newer worker)
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
 from registry import errors as registry_errors
 from registry.importers import errors as importer_errors
 from workers import errors as worker_errors
 from workers.errors import InferenceFailedError, InvalidInputError, SpikeserveError
-from workers.protocol import InferenceResult
 
 TypedError = SpikeserveError | registry_errors.RegistryError
 
@@ -59,8 +61,17 @@ def decode_error(code: str, message: str) -> TypedError:
     return cls(message)
 
 
-def raise_for_error(result: InferenceResult) -> InferenceResult:
-    """Return ``result``, or raise the typed error it carries."""
+class _Answer(Protocol):
+    @property
+    def error(self) -> tuple[str, str] | None: ...
+
+
+AnswerT = TypeVar("AnswerT", bound=_Answer)
+
+
+def raise_for_error(result: AnswerT) -> AnswerT:
+    """Return ``result`` (an ``InferenceResult`` or a ``StreamAnswer``), or raise the typed error it
+    carries."""
     if result.error is None:
         return result
     raise decode_error(*result.error)

@@ -62,14 +62,16 @@ class WorkerPool(Protocol):
 
     # -- live streams: a session's windows go to the worker that holds its state ------------------
 
-    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
-        """(mode, context_steps) for a stream on ``name:version`` ("stateful" keeps membranes across
-        windows; "sliding" reruns the last context_steps frames), loading its stream copy; raises
-        ``WorkerUnavailableError`` (503) where this pool cannot hold streams."""
+    async def open_stream(self, session_id: str, name: str, version: int) -> tuple[StreamMode, int]:
+        """(mode, context_steps) for session ``session_id`` (minted by the gateway) on ``name:version``
+        ("stateful" keeps membranes across windows; "sliding" reruns the last context_steps frames),
+        loading its stream copy, and pinning the session to one worker where there are several;
+        raises ``WorkerUnavailableError`` (503) where no worker can hold it."""
         ...
 
     async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
-        """Answer one window of a session (``StreamAnswer.state_reset`` when its state was lost)."""
+        """Answer one window of a session, once (``StreamAnswer.state_reset`` when its state was lost:
+        its worker dropped it, or died and the session moved to another)."""
         ...
 
     async def close_stream(self, session_id: str) -> None:

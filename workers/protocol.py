@@ -24,13 +24,13 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _pack_array(array: np.ndarray) -> dict[str, Any]:
+def pack_array(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     descr = np.lib.format.dtype_to_descr(array.dtype)
     return {"descr": descr, "shape": list(array.shape), "data": array.tobytes()}
 
 
-def _unpack_array(packed: dict[str, Any]) -> np.ndarray:
+def unpack_array(packed: dict[str, Any]) -> np.ndarray:
     descr = packed["descr"]
     # descr is a str for plain dtypes, a list of [name, type] pairs for structured ones
     dtype = np.dtype([tuple(field) for field in descr] if isinstance(descr, list) else descr)
@@ -76,13 +76,13 @@ class InferenceRequest:
     def to_bytes(self) -> bytes:
         # fields() rather than asdict(): asdict deep-copies the array before we serialise it
         payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        payload["array"] = _pack_array(self.array)
+        payload["array"] = pack_array(self.array)
         return msgpack.packb(payload, use_bin_type=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InferenceRequest:
         payload = msgpack.unpackb(data, raw=False)
-        payload["array"] = _unpack_array(payload["array"])
+        payload["array"] = unpack_array(payload["array"])
         return cls(**payload)
 
 

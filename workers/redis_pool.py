@@ -11,6 +11,10 @@ Failures map to the typed errors of ``workers.errors``: backlog over the limit -
 (503 + Retry-After), deadline -> DeadlineExceededError (504), Redis unreachable or no live worker
 serving the model -> WorkerUnavailableError (503). Nothing needs restarting after Redis comes
 back: the next command reconnects and the reader resumes where it stopped.
+
+Live streams go through a ``StreamRelay`` (``workers.redis_stream_relay``): a session is pinned to
+one worker and moved, with fresh state, when that worker dies; its answers arrive on the same
+reply stream (field ``win`` rather than ``res``) and the same reader hands them over.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from workers import errors
 from workers.error_codec import raise_for_error
 from workers.heartbeat import read_live_workers
 from workers.protocol import InferenceRequest, InferenceResult
+from workers.redis_stream_relay import StreamRelay
 from workers.redis_streams import ENQUEUE_LUA, REPLY_TTL_MS, StreamKeys, connect, field
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
@@ -60,6 +65,7 @@ class RedisPool:
         gateway_id: str | None = None,
         registry_generation: Callable[[], int] | None = None,
         block_ms: int = 1_000,
+        stream_window_timeout_s: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
         self.keys = StreamKeys(prefix)
@@ -84,6 +90,13 @@ class RedisPool:
         self._published_generation: int | None = None
         self._closing = False
         self.duplicate_replies = 0
+        self.streams = StreamRelay(
+            self.keys,
+            self.reply_stream,
+            lambda: self._client,
+            lambda: self._workers,
+            window_timeout_s=stream_window_timeout_s,
+        )
 
     @classmethod
     def from_settings(
@@ -98,6 +111,8 @@ class RedisPool:
             max_backlog=settings.redis_max_backlog,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             registry_generation=registry_generation,
+            # a window is a request: a worker that does not answer one within it is taken for dead
+            stream_window_timeout_s=settings.request_timeout_s,
         )
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -240,7 +255,11 @@ class RedisPool:
             for _stream, entries in response:
                 for entry_id, fields in entries:
                     self._last_reply_id = entry_id
-                    self._deliver(field(fields, "res"))
+                    window = field(fields, "win")
+                    if window is not None:
+                        self._deliver_window(window)
+                    else:
+                        self._deliver(field(fields, "res"))
 
     def _deliver(self, payload: bytes | None) -> None:
         if payload is None:
@@ -257,10 +276,19 @@ class RedisPool:
             return
         future.set_result(result)
 
+    def _deliver_window(self, payload: bytes) -> None:
+        try:
+            answer = StreamAnswer.from_bytes(payload)
+        except Exception:
+            log.exception("dropping an undecodable stream answer")
+            return
+        self.streams.deliver(answer)
+
     def _fail_pending(self, error: Exception) -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+        self.streams.fail_all(error)
 
     # -- workers, liveness, registry changes --------------------------------------------------
 
@@ -285,6 +313,7 @@ class RedisPool:
             self._redis_ok = False
             return
         self._workers = workers
+        self.streams.workers_changed(workers)  # windows held by a worker that died move on
         self._workers_known = True
         self._refreshed_at = time.monotonic()
         self._redis_ok = True
@@ -350,18 +379,19 @@ class RedisPool:
     def unload_model(self, name: str, version: int) -> None:
         """Nothing to do here: workers drop deleted versions when they hear of the change."""
 
-    # Live streams are not relayed over Redis yet: a session's state would have to be pinned to one
-    # worker and moved on its death. The gateway refuses them with a clear 503 instead.
-    _NO_STREAMS = "live streams are served by the embedded pool only; start the gateway without redis_url"
-
-    async def open_stream(self, name: str, version: int) -> tuple[StreamMode, int]:
-        raise errors.WorkerUnavailableError(self._NO_STREAMS)
+    async def open_stream(self, session_id: str, name: str, version: int) -> tuple[StreamMode, int]:
+        if self._client is None:
+            raise errors.WorkerUnavailableError("the Redis worker pool is not started")
+        if not self._workers_known or not self._workers:
+            async with self._refresh_lock:
+                await self._refresh()
+        return await self.streams.open(session_id, name, version)
 
     async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
-        raise errors.WorkerUnavailableError(self._NO_STREAMS)
+        return await self.streams.run(window)
 
     async def close_stream(self, session_id: str) -> None:
-        """Nothing is held here."""
+        await self.streams.close(session_id)
 
     def _safe_url(self) -> str:
         """The Redis URL without its password, for messages."""

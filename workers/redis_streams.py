@@ -8,6 +8,11 @@ Layout under one prefix (``settings.redis_prefix``; tests use their own):
   read plus entries read but not yet answered.
 - ``{prefix}:replies:{gateway_id}``: one reply stream per gateway; entries have field ``res``
   (an ``InferenceResult`` as msgpack). It expires when its gateway stops refreshing it.
+- ``{prefix}:windows:{worker_id}``: a stream per worker of live-stream messages for that worker
+  alone (a session's state lives on one worker): fields ``op`` (open | window | close), ``msg``
+  (a ``StreamOpen`` or ``StreamWindow`` as msgpack) and ``reply``. The worker deletes what it read;
+  the key expires when no gateway has written to it for a while (its worker died).
+  Answers go to the reply stream of the asking gateway with field ``win`` (a ``StreamAnswer``).
 - ``{prefix}:worker:{worker_id}``: a worker's last heartbeat (JSON), expiring after a few beats;
   ``{prefix}:workers``: a sorted set of worker ids scored by the time of their last beat.
 - ``{prefix}:registry``: the pub/sub channel that says "the registry changed" (alias moves,
@@ -73,6 +78,9 @@ class StreamKeys:
 
     def replies(self, gateway_id: str) -> str:
         return f"{self.prefix}:replies:{gateway_id}"
+
+    def windows(self, worker_id: str) -> str:
+        return f"{self.prefix}:windows:{worker_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

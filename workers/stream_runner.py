@@ -207,6 +207,7 @@ class StreamRunner:
         return StreamAnswer(
             session_id=window.session_id,
             index=window.index,
+            seq=window.seq,
             mode=model.mode,
             predictions=predictions,
             logits=tuple(logits.float().tolist()),

@@ -121,6 +121,7 @@ class StreamSession:
         self._drained = asyncio.Event()
         self._drained.set()
         self._reset_next = False
+        self._seq = 0  # windows sent to the pool: 1, 2, ... (an answer is matched to its window by it)
         self._send_lock = asyncio.Lock()
         self._closing = False
         self._fit_said = False
@@ -131,7 +132,9 @@ class StreamSession:
 
     async def serve(self) -> None:
         """Open the stream on a worker, greet the client, then relay until the session ends."""
-        mode, context_steps = await self.pool.open_stream(self.manifest.name, self.manifest.version)
+        mode, context_steps = await self.pool.open_stream(
+            self.session_id, self.manifest.name, self.manifest.version
+        )
         self.mode = mode
         await self._send(self._ready_message(context_steps))
         name = self.session_id[:8]
@@ -332,6 +335,7 @@ class StreamSession:
                 continue
             queued = self._pending.popleft()
             window = queued.window
+            self._seq += 1
             answer = await self.pool.run_stream_window(
                 StreamWindow(
                     session_id=self.session_id,
@@ -342,6 +346,7 @@ class StreamSession:
                     telemetry=self.params.telemetry,
                     top_k=self.params.top_k,
                     reset=queued.reset,
+                    seq=self._seq,
                 )
             )
             await self._answer(window, answer)
@@ -360,6 +365,7 @@ class StreamSession:
             {
                 "type": "window",
                 "window": window.index,
+                "seq": answer.seq,
                 "start_us": window.start_us,
                 "end_us": window.end_us,
                 "events": window.events,
@@ -373,6 +379,7 @@ class StreamSession:
                 "compute_ms": round(answer.compute_ms, 3),
                 "latency_ms": round(latency_s * 1000.0, 3),
                 "dropped_windows": self.counters.dropped_windows,
+                "worker": answer.worker_id,
             }
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from service_support import ADMIN, TestClient, make_client, wait_ready
 from starlette.websockets import WebSocketDisconnect
+from stream_support import nmnist_in_1ms_chunks
 from tiny_zoo import EVENT_DANET_MODEL, EVENTS_INPUT, register_event_danet, register_spikeformer
 
 from eventio import read_events
@@ -56,15 +56,6 @@ def receive_until_closed(ws: Any) -> list[dict[str, Any]]:
             return messages
 
 
-def nmnist_in_1ms_chunks(data: bytes) -> list[bytes]:
-    """The recording's own bytes, cut at record boundaries every millisecond of event time."""
-    events = read_events(data).events
-    assert len(events) * 5 == len(data)  # no overflow records in this short recording
-    t = events["t"]
-    edges = np.searchsorted(t, np.arange(t[0], t[-1] + 1001, 1000))
-    return [data[5 * a : 5 * b] for a, b in itertools.pairwise(edges) if b > a]
-
-
 def test_real_nmnist_streamed_in_1ms_chunks_ends_with_the_logits_of_one_upload(
     streaming: TestClient, shared_data: Path
 ) -> None:
@@ -80,6 +71,8 @@ def test_real_nmnist_streamed_in_1ms_chunks_ends_with_the_logits_of_one_upload(
         messages = receive_until_closed(ws)
     windows = [m for m in messages if m["type"] == "window"]
     assert [w["window"] for w in windows] == list(range(len(windows)))  # in order, none twice
+    assert [w["seq"] for w in windows] == list(range(1, len(windows) + 1))
+    assert {w["worker"] for w in windows} == {"embedded"}
     assert all(w["end_us"] - w["start_us"] == 20_000 for w in windows)
     assert [w["state_steps"] for w in windows] == [4 * (i + 1) for i in range(len(windows))]
     assert messages[-1]["dropped_windows"] == 0 and messages[-1]["events"] == len(data) // 5

@@ -1,0 +1,36 @@
+"""Helpers of the live-stream tests: the real N-MNIST recording cut as a camera would send it."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from eventio import read_events
+
+
+def nmnist_in_1ms_chunks(data: bytes) -> list[bytes]:
+    """The recording's own bytes, cut at record boundaries every millisecond of event time."""
+    events = read_events(data).events
+    assert len(events) * 5 == len(data)  # no overflow records in this short recording
+    t = events["t"]
+    edges = np.searchsorted(t, np.arange(t[0], t[-1] + 1001, 1000))
+    return [data[5 * a : 5 * b] for a, b in itertools.pairwise(edges) if b > a]
+
+
+def chunks_before(data: bytes, chunks: list[bytes], end_us: int) -> int:
+    """How many of ``chunks`` hold only events earlier than ``end_us`` after the first event."""
+    t0 = int(read_events(data).events["t"][0])
+    count = 0
+    for chunk in chunks:
+        if int(read_events(chunk, fmt="nmnist").events["t"][-1]) - t0 >= end_us:
+            break
+        count += 1
+    return count
+
+
+def softmax(logits: Any) -> np.ndarray:
+    values = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
