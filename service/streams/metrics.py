@@ -19,6 +19,12 @@ DROPPED = Counter(
     "discarded by a reset).",
     ["model"],
 )
+STATE_RESETS = Counter(
+    "spikeserve_stream_state_resets",
+    "Stream windows answered from a state started afresh without the client asking: the worker had "
+    "dropped the session, or the session moved to another worker after its worker died.",
+    ["model"],
+)
 EVENTS = Counter("spikeserve_stream_events", "Events received on live streams (after fitting).", ["model"])
 WINDOW_LATENCY = Histogram(
     "spikeserve_stream_window_latency_seconds",

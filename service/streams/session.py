@@ -125,7 +125,7 @@ class StreamSession:
         self._send_lock = asyncio.Lock()
         self._closing = False
         self._fit_said = False
-        for counter in (metrics.WINDOWS, metrics.DROPPED, metrics.EVENTS):
+        for counter in (metrics.WINDOWS, metrics.DROPPED, metrics.EVENTS, metrics.STATE_RESETS):
             counter.labels(manifest.name)  # a model's series read 0 from its first session on
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -355,6 +355,7 @@ class StreamSession:
         self.counters.windows += 1
         if answer.state_reset:
             self.counters.state_resets += 1
+            metrics.STATE_RESETS.labels(self.manifest.name).inc()
         latency_s = time.perf_counter() - window.completed_at
         name = self.manifest.name
         metrics.WINDOWS.labels(name).inc()

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -90,6 +91,22 @@ def receive_until_closed(ws: Any) -> list[dict[str, Any]]:
     return messages
 
 
+def stream_metric(base: str, name: str) -> float:
+    """The gateway's ``spikeserve_stream_<name>_total`` for the model (0 when absent)."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    series = f'spikeserve_stream_{name}_total{{model="{WINDOWED}"}} '
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(series)]
+    return values[0] if values else 0.0
+
+
+def reply_entries(prefix: str) -> int:
+    """Answers ever written to the gateway's reply stream (trimming leaves the count alone)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    with contextlib.closing(client):
+        (key,) = list(client.scan_iter(f"{prefix}:replies:*"))
+        return int(client.xinfo_stream(key)["entries-added"])
+
+
 def test_a_stream_over_redis_ends_with_the_logits_of_the_embedded_stream(
     cluster: tuple[str, str, dict[str, Service]], stream_registry: Path, shared_data: Path
 ) -> None:
@@ -134,6 +151,50 @@ def test_a_stream_over_redis_ends_with_the_logits_of_the_embedded_stream(
     assert distributed[-1]["dropped_windows"] == 0 and distributed[-1]["events"] == len(data) // 5
 
 
+def test_a_worker_that_was_only_slow_answers_late_and_is_not_heard(
+    cluster: tuple[str, str, dict[str, Service]], shared_data: Path
+) -> None:
+    base, prefix, workers = cluster
+    data = (shared_data / "nmnist_sample.bin").read_bytes()
+    chunks = nmnist_in_1ms_chunks(data)
+    first = chunks_before(data, chunks, 100_000)
+    second = chunks_before(data, chunks, 140_000)
+    answers_before = reply_entries(prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    with contextlib.closing(client), connect(stream_url(base), max_size=None) as ws:
+        receive(ws, 1)
+        for chunk in chunks[:first]:
+            ws.send(chunk)
+        before = receive(ws, 4)
+        slow = before[0]["worker"]
+        inbox = f"{prefix}:windows:{slow}"
+        os.kill(workers[slow].pid, signal.SIGSTOP)  # past three heartbeats: the gateway takes it for dead
+        try:
+            for chunk in chunks[first:second]:
+                ws.send(chunk)
+            wait_until(lambda: client.xlen(inbox) > 0, 10, "a window waiting for the frozen worker")
+            (moved,) = receive(ws, 1)
+        finally:
+            os.kill(workers[slow].pid, signal.SIGCONT)
+        # it wakes up, runs the window it was sent (and forgets the session, as it was told)
+        wait_until(lambda: client.xlen(inbox) == 0, 30, "the thawed worker reading its windows")
+        for chunk in chunks[second:]:
+            ws.send(chunk)
+        ws.send(json.dumps({"close": True}))
+        after = receive_until_closed(ws)
+    windows = [*before, moved, *[m for m in after if m["type"] == "window"]]
+    assert moved["window"] == 4 and moved["state_reset"] is True and moved["worker"] != slow
+    assert [w["seq"] for w in windows] == list(range(1, len(windows) + 1))  # each once, in order
+    assert [w["window"] for w in windows] == list(range(len(windows)))
+    # the open, every window, and the slow worker's late answer to window 4, which nobody heard
+    wait_until(
+        lambda: reply_entries(prefix) - answers_before == 1 + len(windows) + 1,
+        30,
+        "the slow worker's late answer",
+    )
+    wait_for_workers(base, set(workers), list(workers.values()))  # alive again, for the next test
+
+
 def test_a_session_moves_to_another_worker_when_its_worker_dies(
     cluster: tuple[str, str, dict[str, Service]], shared_data: Path
 ) -> None:
@@ -142,6 +203,7 @@ def test_a_session_moves_to_another_worker_when_its_worker_dies(
     chunks = nmnist_in_1ms_chunks(data)
     first = chunks_before(data, chunks, 100_000)  # events of 0..100 ms complete windows 0..3
     second = chunks_before(data, chunks, 140_000)  # ..and of 100..140 ms, windows 4 and 5
+    resets_before, windows_before = stream_metric(base, "state_resets"), stream_metric(base, "windows")
     client = redis.Redis.from_url(REDIS_URL)
     with contextlib.closing(client), connect(stream_url(base), max_size=None) as ws:
         (ready,) = receive(ws, 1)
@@ -175,3 +237,5 @@ def test_a_session_moves_to_another_worker_when_its_worker_dies(
     assert all(w["worker"] == other and not w["state_reset"] for w in windows[5:])
     assert [w["state_steps"] for w in windows[4:]] == [4 * (i + 1) for i in range(len(windows) - 4)]
     assert after[-1]["type"] == "closed" and after[-1]["dropped_windows"] == 0
+    assert stream_metric(base, "state_resets") - resets_before == 1
+    assert stream_metric(base, "windows") - windows_before == len(windows)

@@ -221,6 +221,7 @@ def test_stream_metrics_are_exported_and_promtool_clean(streaming: TestClient, s
         "spikeserve_stream_sessions ",
         f'spikeserve_stream_windows_total{{model="{EVENT_DANET_MODEL}"}}',
         f'spikeserve_stream_dropped_windows_total{{model="{EVENT_DANET_MODEL}"}}',
+        f'spikeserve_stream_state_resets_total{{model="{EVENT_DANET_MODEL}"}} 0.0',
         "spikeserve_stream_window_latency_seconds_bucket",
         "spikeserve_stream_spike_rate_bucket",
     ):
