@@ -5,9 +5,11 @@
 
 The worker checks the models it is asked for against the registry before anything else (a name
 the registry lacks stops it with a message and exit status 1), loads and warms them up, then
-serves their streams until SIGTERM/SIGINT, when it finishes what it holds and leaves. Without
-``--models`` it serves every model of the registry, including ones registered later. Flags
-override ``SPIKESERVE_*`` variables (``SPIKESERVE_REDIS_URL``...), as for ``spikeserve serve``.
+serves their streams until SIGTERM/SIGINT, when it finishes what it holds and leaves. It also
+runs the live-stream sessions that gateways pin to it (its own window stream, read by
+``workers.redis_stream_worker``). Without ``--models`` it serves every model of the registry,
+including ones registered later. Flags override ``SPIKESERVE_*`` variables
+(``SPIKESERVE_REDIS_URL``...), as for ``spikeserve serve``.
 
 Nothing heavy is imported until the command runs: ``spikeserve --help`` stays fast.
 """

@@ -85,6 +85,7 @@ class StreamRelay:
         self._pins: dict[str, _Pin] = {}
         self._waiting: dict[tuple[str, int], _Waiting] = {}
         self.duplicate_answers = 0  # answers dropped: late, from a worker the session had left
+        self._forgetting: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.moves = 0
 
     # -- sessions -------------------------------------------------------------------------------
@@ -148,7 +149,8 @@ class StreamRelay:
         log.warning("stream %s: %s; moved to %s with fresh state", session_id, lost, pin.worker_id)
         # the old worker may only be slow: have it drop the state it would otherwise keep for nobody
         task = asyncio.create_task(self._forget_on(old, session_id, pin))
-        task.add_done_callback(lambda done: done.exception())
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
 
     async def _forget_on(self, worker_id: str, session_id: str, pin: _Pin) -> None:
         request = StreamOpen(session_id, pin.model_name, pin.model_version, close=True)
