@@ -6,28 +6,41 @@
    run; rounds interleaved, medians and the per-round range.
 2. Sessions: a real ``spikeserve serve`` process; 1, 4 and 16 concurrent WebSocket sessions each
    replay the real DVXplorer recording in a loop (t shifted by its length each loop) at 1x, 4x and
-   as fast as the client can send, in .npy chunks of 10 ms, 50 ms windows, fit=scale. Per cell:
-   real-time factor (event time answered / wall time, per session; the baseline is the speed
-   asked), window latency p50/p99 as the server measures it (message in -> answer out), dropped
-   (merged) windows, and the server's RSS before and after.
+   as fast as the client can send, in uncompressed .npy chunks of 10 ms, 50 ms windows, fit=scale,
+   telemetry=summary. Per cell: real-time factor (event time answered / wall time, per session;
+   the baseline is the speed asked), window latency p50/p99 as the server measures it (message in
+   -> answer out), dropped (merged) windows, the server's CPU time per window answered (the figure
+   that moves least with the machine's load), the load average, and the server's RSS (sampled
+   every second: start, max, end; one long cell, ``--seconds 120``, shows whether it is flat).
+   ``--baseline REF`` runs the server of that git ref too, the cells of both alternating.
 
     .venv/bin/python bench/stream.py --registry zoo --models danet-nmnist spikeformer-nmnist
     .venv/bin/python bench/stream.py --seconds 3 --sessions 1 4 --speeds 1 0   # shorter
+    # a danet-nmnist of the recipe's architecture with random weights, against main, 3 rounds:
+    .venv/bin/python bench/stream.py --random-danet-width 16 --skip-ingest --sessions 4 --speeds 1 \
+        --baseline main --session-rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,11 +95,11 @@ def ingest_inputs() -> dict[str, tuple[bytes, bytes, tuple[int, int]]]:
     }
 
 
-def cpu_rate(work: object, *args: object, min_cpu_s: float = 0.3) -> float:
+def cpu_rate(work: Any, *args: object, min_cpu_s: float = 0.3) -> float:
     """Events per CPU second of ``work(*args)`` (which returns its event count), repeated to min_cpu_s."""
     events, started = 0, time.process_time()
     while (spent := time.process_time() - started) < min_cpu_s:
-        events += work(*args)  # type: ignore[operator]
+        events += work(*args)
     return events / spent
 
 
@@ -113,7 +126,7 @@ def ingest_one_shot(data: bytes, fmt: str, sensor: tuple[int, int]) -> int:
     return len(events)
 
 
-def bench_ingest(rounds: int) -> list[dict[str, object]]:
+def bench_ingest(rounds: int) -> list[dict[str, Any]]:
     rows = []
     for fmt, (data, whole, sensor) in ingest_inputs().items():
         streamed, one_shot, ratios = [], [], []
@@ -148,14 +161,47 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def one_session(url: str, events: np.ndarray, speed: float, seconds: float) -> dict[str, object]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Replay:
+    """The recording looped, cut into ``.npy`` messages of ``SEND_US``: loop i's messages are built
+    once and shared by every session (each loop shifts t by the recording's span), so the client's
+    own CPU, which competes with the server's on a small machine, stays low."""
+
+    def __init__(self, events: np.ndarray) -> None:
+        self.events = events
+        self.span = int(events["t"][-1] - events["t"][0]) + 1
+        self._loops: dict[int, list[bytes | None]] = {}
+
+    def loop(self, i: int) -> list[bytes | None]:
+        """Loop i: one entry per ``SEND_US`` of event time, the message or None (no events)."""
+        if i not in self._loops:
+            shifted = self.events.copy()
+            shifted["t"] += i * self.span
+            t = shifted["t"]
+            t0 = int(self.events["t"][0]) + i * self.span
+            edges = np.searchsorted(t, np.arange(t0, t0 + self.span + SEND_US, SEND_US))
+            self._loops[i] = [
+                write_npy(shifted[a:b]) if b > a else None for a, b in itertools.pairwise(edges)
+            ]
+            self._loops.pop(i - 2, None)  # sessions run at one pace: two loops cover them all
+        return self._loops[i]
+
+
+async def one_session(url: str, replay: Replay, speed: float, seconds: float) -> dict[str, Any]:
     import websockets
 
     query = f"window_us={WINDOW_US}&fit=scale&format=npy&sensor_width=320&sensor_height=240&telemetry=summary"
     latencies: list[float] = []
     answered_us = 0
-    closed: dict[str, object] = {}
-    async with websockets.connect(f"{url}?{query}", max_size=None) as ws:
+    closed: dict[str, Any] = {}
+    # uncompressed, as a camera client on the same machine sends: deflating 10 ms of events costs
+    # the client about 0.6 ms of CPU a message, which competes with the server on a small machine
+    async with websockets.connect(f"{url}?{query}", max_size=None, compression=None) as ws:
         ready = json.loads(await ws.recv())
         assert ready["type"] == "ready", ready
 
@@ -171,24 +217,18 @@ async def one_session(url: str, events: np.ndarray, speed: float, seconds: float
                     return
 
         receiver = asyncio.create_task(receive())
-        span = int(events["t"][-1] - events["t"][0]) + 1
-        t0 = int(events["t"][0])
         started = time.perf_counter()
         sent_us = 0
         loop = 0
         while time.perf_counter() - started < seconds:
-            shifted = events.copy()
-            shifted["t"] += loop * span
-            t = shifted["t"]
-            edges = np.searchsorted(t, np.arange(t0 + loop * span, t0 + (loop + 1) * span + SEND_US, SEND_US))
-            for a, b in itertools.pairwise(edges):
+            for message in replay.loop(loop):
                 sent_us += SEND_US
                 if speed > 0:
                     await asyncio.sleep(max(0.0, started + sent_us / 1e6 / speed - time.perf_counter()))
                 else:
                     await asyncio.sleep(0)
-                if b > a:
-                    await ws.send(write_npy(shifted[a:b]))
+                if message is not None:
+                    await ws.send(message)
                 if time.perf_counter() - started >= seconds:
                     break
             loop += 1
@@ -204,47 +244,137 @@ async def one_session(url: str, events: np.ndarray, speed: float, seconds: float
 
 
 async def bench_cell(
-    url: str, events: np.ndarray, sessions: int, speed: float, seconds: float
-) -> dict[str, object]:
-    results = await asyncio.gather(*(one_session(url, events, speed, seconds) for _ in range(sessions)))
-    latencies = np.asarray([x for r in results for x in r["latencies"]])  # type: ignore[union-attr]
+    url: str, pid: int, replay: Replay, sessions: int, speed: float, seconds: float
+) -> dict[str, Any]:
+    """One cell against the server ``pid``; RSS sampled every second while it runs."""
+    rss = [rss_mb(pid)]
+    cpu_before, load_before = cpu_s(pid), os.getloadavg()[0]
+
+    async def sample() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            rss.append(rss_mb(pid))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        results = await asyncio.gather(*(one_session(url, replay, speed, seconds) for _ in range(sessions)))
+    finally:
+        sampler.cancel()
+    rss.append(rss_mb(pid))
+    latencies = np.asarray([x for r in results for x in r["latencies"]])
+    windows = sum(int(r["windows"]) for r in results)
     return {
-        "rtf": statistics.median(float(r["rtf"]) for r in results),  # type: ignore[arg-type]
+        "rtf": statistics.median(float(r["rtf"]) for r in results),
         "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
-        "dropped": sum(int(r["dropped"]) for r in results),  # type: ignore[call-overload]
-        "windows": sum(int(r["windows"]) for r in results),  # type: ignore[call-overload]
+        "dropped": sum(int(r["dropped"]) for r in results),
+        "windows": windows,
+        "cpu_ms_per_window": (cpu_s(pid) - cpu_before) * 1000 / windows if windows else float("nan"),
+        "load": (load_before + os.getloadavg()[0]) / 2,
+        "rss_mb": rss,
     }
 
 
-def bench_sessions(args: argparse.Namespace) -> list[dict[str, object]]:
+def random_danet_registry(source: Path, width: int, into: Path) -> Path:
+    """A copy of the registry ``source`` with a random-weight ``danet-nmnist`` of base width ``width``
+    (the recipe's architecture otherwise): latency does not depend on the weights, so this measures
+    a checkpoint before it is trained."""
+    from tiny_zoo import LABELS, random_state_dict
+
+    from registry import Registry
+    from training.recipes import get_recipe
+
+    shutil.copytree(source, into, ignore=shutil.ignore_patterns("danet-nmnist"), dirs_exist_ok=True)
+    recipe = get_recipe("danet-nmnist")
+    config = {**recipe.config, "base_width": width}
+    Registry(into).register(
+        recipe.name,
+        architecture=recipe.architecture,
+        config=config,
+        neuron=recipe.neuron,
+        time_steps=recipe.time_step_spec(),
+        input=recipe.input_spec(),
+        labels=LABELS,
+        weights=random_state_dict(recipe.architecture, {**config, "neuron": recipe.neuron}, seed=0),
+        description=f"random weights, base width {width}: for latency measurements only",
+    )
+    return into
+
+
+def checkout(ref: str, into: Path) -> tuple[Path, str]:
+    """The code of the git ref ``ref``, extracted into ``into``: (folder, short commit)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into, commit
+
+
+def bench_sessions(args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
+    """Every cell on this checkout's server and, with ``--baseline``, on the baseline's, alternately
+    (baseline first in odd rounds, this checkout first in even ones) for ``--session-rounds``."""
     from server_process import ServerProcess
 
-    events = read_events(DVX.read_bytes()).events
+    registry = Path(args.registry)
+    if args.random_danet_width:
+        registry = random_danet_registry(registry, args.random_danet_width, scratch / "registry")
+    replay = Replay(read_events(DVX.read_bytes()).events)
     env = {
         "SPIKESERVE_TORCH_THREADS": str(args.threads),
         "SPIKESERVE_NEURON_BACKEND": "torch",
         "SPIKESERVE_DEFAULT_MODELS": json.dumps(args.models),
         "SPIKESERVE_STREAM_MAX_SESSIONS_PER_KEY": "64",
     }
+    trees = [("this checkout", REPO_ROOT)]
+    if args.baseline:
+        folder, commit = checkout(args.baseline, scratch / "baseline")
+        trees.insert(0, (f"baseline {commit}", folder))
     rows = []
-    with ServerProcess(Path(args.registry), env=env) as server:
-        assert server.process is not None
-        pid = server.process.pid
-        ws_base = server.url.replace("http://", "ws://")
+    with contextlib.ExitStack() as stack:
+        servers = [
+            (label, stack.enter_context(ServerProcess(registry, env=env, cwd=cwd))) for label, cwd in trees
+        ]
         for model in args.models:
-            url = f"{ws_base}/v1/models/{model}/stream"
-            asyncio.run(bench_cell(url, events, 1, 0, 1.0))  # load the stream copy before timing
-            for sessions in args.sessions:
-                for speed in args.speeds:
-                    before = rss_mb(pid)
-                    cell = asyncio.run(bench_cell(url, events, sessions, speed, args.seconds))
-                    rows.append(
-                        {"model": model, "sessions": sessions, "speed": speed, **cell,
-                         "rss_before_mb": before, "rss_after_mb": rss_mb(pid)}
-                    )  # fmt: skip
-                    print(rows[-1], flush=True)
+            for _, server in servers:  # load the stream copy before timing
+                url = server.url.replace("http://", "ws://") + f"/v1/models/{model}/stream"
+                assert server.process is not None
+                asyncio.run(bench_cell(url, server.process.pid, replay, 1, 0, 1.0))
+            for sessions, speed, round_ in itertools.product(
+                args.sessions, args.speeds, range(args.session_rounds)
+            ):
+                for label, server in servers if round_ % 2 == 0 else servers[::-1]:
+                    url = server.url.replace("http://", "ws://") + f"/v1/models/{model}/stream"
+                    assert server.process is not None
+                    cell = asyncio.run(
+                        bench_cell(url, server.process.pid, replay, sessions, speed, args.seconds)
+                    )
+                    rows.append({"code": label, "model": model, "sessions": sessions, "speed": speed, **cell})
+                    print({k: v for k, v in rows[-1].items() if k != "rss_mb"}, flush=True)
     return rows
+
+
+def print_sessions(rows: list[dict[str, Any]]) -> None:
+    print("\n## Sessions: DVXplorer looped, 50 ms windows, fit=scale, telemetry=summary\n")
+    print(
+        "| code | model | sessions | speed | real-time factor / speed | window p50 | p99 "
+        "| dropped / windows | server CPU ms / window | load | RSS MB (start, max, end) |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        speed = "max" if r["speed"] == 0 else f"{r['speed']:g}x"
+        wanted = float(r["speed"]) or float("nan")
+        rtf = f"{r['rtf']:.2f}" + (f" / {float(r['rtf']) / wanted:.2f}" if r["speed"] else "")
+        rss: list[float] = r["rss_mb"]
+        print(
+            f"| {r['code']} | {r['model']} | {r['sessions']} | {speed} | {rtf} "
+            f"| {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['dropped']} / {r['windows']} "
+            f"| {r['cpu_ms_per_window']:.1f} | {r['load']:.1f} "
+            f"| {rss[0]:.0f}, {max(rss):.0f}, {rss[-1]:.0f} |"
+        )
 
 
 def main() -> None:
@@ -261,35 +391,36 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="ingest rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the server")
     parser.add_argument("--skip-sessions", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument(
+        "--random-danet-width",
+        type=int,
+        default=0,
+        help="serve a random-weight danet-nmnist of this base width (the recipe's architecture)",
+    )
+    parser.add_argument("--baseline", default=None, help="git ref: also run its server, cells alternating")
+    parser.add_argument("--session-rounds", type=int, default=1, help="rounds of every session cell")
     args = parser.parse_args()
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs (shared)")
+    print(f"# load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if not args.skip_ingest:
+        print_ingest(args.rounds)
+    if args.skip_sessions:
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-stream-") as scratch:
+        print_sessions(bench_sessions(args, Path(scratch)))
+
+
+def print_ingest(rounds: int) -> None:
     print("\n## Ingest: decode + fit + window, no model (events per CPU second)\n")
     print("| format | events | streamed, 64 KiB chunks | one-shot decode + bin | ratio (range) |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for row in bench_ingest(args.rounds):
-        low, high = row["ratio_range"]  # type: ignore[misc]
+    for row in bench_ingest(rounds):
+        low, high = row["ratio_range"]
         print(
             f"| {row['format']} | {row['events']:,} | {row['streamed_events_per_cpu_s'] / 1e6:.2f} M/s "
             f"| {row['one_shot_events_per_cpu_s'] / 1e6:.2f} M/s "
             f"| {row['ratio']:.2f} ({low:.2f}-{high:.2f}) |"
-        )
-    if args.skip_sessions:
-        return
-    rows = bench_sessions(args)
-    print("\n## Sessions: DVXplorer looped, 50 ms windows, fit=scale\n")
-    print(
-        "| model | sessions | speed | real-time factor / speed | window p50 | p99 | dropped / windows", end=""
-    )
-    print(" | RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        speed = "max" if r["speed"] == 0 else f"{r['speed']:g}x"
-        wanted = float(r["speed"]) or float("nan")  # type: ignore[arg-type]
-        rtf = f"{r['rtf']:.2f}" + (f" / {float(r['rtf']) / wanted:.2f}" if r["speed"] else "")  # type: ignore[arg-type]
-        print(
-            f"| {r['model']} | {r['sessions']} | {speed} | {rtf} "
-            f"| {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms "
-            f"| {r['dropped']} / {r['windows']} | {r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} |"
         )
 
 
