@@ -71,12 +71,16 @@ def multistep_lif(
     v = torch.full_like(xf[0], rest) if v_init is None else v_init.to(compute)
     outs = []
     counts = None
+    grad = torch.is_grad_enabled()  # inference (no_grad, inference_mode) needs no surrogate
     for t in range(steps):
         if decay_input:
             h = v + (xf[t] - (v - rest)) * inv_tau
         else:
             h = v - (v - rest) * inv_tau + xf[t]
-        spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
+        if grad:
+            spike = SigmoidSurrogateSpike.apply(h - v_threshold, surrogate_alpha)
+        else:  # the same step (h - V_th >= 0 iff h >= V_th in IEEE floats) without autograd's overhead
+            spike = (h >= v_threshold).to(compute)
         if count_spikes and analog_output:  # spiking outputs are counted once, after the loop
             # sum in the compute dtype (exact for counts below 2**24 per row), then widen the [B]
             # result: summing with dtype=int64 converts the whole [B, F] tensor first (10x slower)

@@ -133,3 +133,24 @@ def test_eager_neurons_runs_the_reference_whatever_backend_is_named() -> None:
     assert len(seen_elsewhere) == 1
     with pytest.raises(ValueError, match="unknown neuron backend"):
         lif.multistep_lif(x, backend="no-such-backend", inv_tau=0.5)
+
+
+@pytest.mark.parametrize("v_reset", [0.0, None])
+@pytest.mark.parametrize("analog_output", [False, True])
+def test_the_reference_without_autograd_fires_exactly_as_with_it(
+    v_reset: float | None, analog_output: bool
+) -> None:
+    # inference skips the surrogate's autograd Function; spikes, membranes and counts stay bit-identical,
+    # inputs that land exactly on the threshold included
+    x = torch.randn(3, 4, 77, generator=torch.Generator().manual_seed(0)) * 2
+    x[:, :, :7] = 2.0  # H = 0 + (2 - 0) / 2 = 1.0 = V_th at the first step
+    params = {"inv_tau": 0.5, "v_reset": v_reset, "analog_output": analog_output, "return_v": True}
+    with torch.enable_grad():
+        expected = reference(x, count_spikes=True, **params)
+    with torch.inference_mode():
+        got = reference(x, count_spikes=True, **params)
+    assert torch.equal(got.out, expected.out)
+    assert got.v is not None and expected.v is not None and torch.equal(got.v, expected.v)
+    assert got.spike_count is not None and expected.spike_count is not None
+    assert torch.equal(got.spike_count, expected.spike_count)
+    assert expected.out[0, :, :7].min() > 0  # the threshold case fired
