@@ -149,8 +149,8 @@ class SampleTelemetry:
 class TelemetryRecorder:
     """Collects per-sample reductions from the layers of one network during one forward."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self._names = {id(module): name or "input" for name, module in model.named_modules()}
+    def __init__(self, model: nn.Module, names: dict[int, str] | None = None) -> None:
+        self._names = layer_names(model) if names is None else names
         self._spikes: dict[str, _SpikeTally] = {}
         self._synapses: dict[str, _SynapseTally] = {}
 
@@ -264,10 +264,19 @@ class TelemetryRecorder:
         return samples
 
 
+def layer_names(model: nn.Module) -> dict[int, str]:
+    """id(module) -> the name reports give it, for every module of ``model``. A caller that records
+    many small forwards of one network that it no longer changes keeps this and passes it to
+    ``record``: walking the modules costs about as much as the report of a one-step forward."""
+    return {id(module): name or "input" for name, module in model.named_modules()}
+
+
 @contextlib.contextmanager
-def record(model: nn.Module) -> Iterator[TelemetryRecorder]:
-    """Make a recorder active for the forward passes run inside the ``with`` block."""
-    with activate(TelemetryRecorder(model)) as recorder:
+def record(model: nn.Module, names: dict[int, str] | None = None) -> Iterator[TelemetryRecorder]:
+    """Make a recorder active for the forward passes run inside the ``with`` block.
+
+    ``names``: ``layer_names(model)`` kept by the caller (worked out here when None)."""
+    with activate(TelemetryRecorder(model, names)) as recorder:
         yield recorder
 
 

@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.base import reset_state, set_backend, set_streaming
+from models.base import set_backend, set_streaming, spiking_layers
+from models.neurons import MultiStepNeuron
 from models.optimize import optimize_for_inference
 from models.stepping import StepState, stepping
 from registry.manifest import Manifest
@@ -47,6 +48,8 @@ class _StreamModel:
     forward: Any
     mode: StreamMode
     context_steps: int  # sliding: frames kept; stateful: the manifest's default T (unused)
+    names: dict[int, str]  # telemetry.layer_names(module), worked out once
+    neurons: list[MultiStepNeuron]  # spiking_layers(module), worked out once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -109,7 +112,15 @@ class StreamRunner:
             set_backend(module, self.backend)
             forward = module
         set_streaming(module, False)  # a session's membranes live in its own StepState
-        model = _StreamModel(manifest, module, forward, mode, manifest.time_steps.default)
+        model = _StreamModel(
+            manifest,
+            module,
+            forward,
+            mode,
+            manifest.time_steps.default,
+            telemetry.layer_names(module),
+            spiking_layers(module),
+        )
         with self._lock:
             return self._models.setdefault(key, model)
 
@@ -226,11 +237,12 @@ class StreamRunner:
             with torch.inference_mode():
                 if not with_telemetry:
                     return [(row, None) for row in model.forward(x)]
-                with telemetry.record(model.module) as recorder:
+                with telemetry.record(model.module, model.names) as recorder:
                     logits = model.forward(x)
                 return list(zip(logits, recorder.report(), strict=True))
         finally:
-            reset_state(model.module)
+            for neuron in model.neurons:  # none keeps state (not streaming); a guard, cheap
+                neuron.reset_state()
 
     def _batch_stateful(
         self, model: _StreamModel, sessions: list[_Session], x: torch.Tensor, with_telemetry: bool

@@ -142,3 +142,15 @@ def test_event_count_is_per_sample_and_counts_sew_sums_twice() -> None:
     x[1, 2] = 1.0
     x[1, 2, 0] = 2.0  # two coinciding spikes summed by a SEW block: two events
     assert telemetry.event_count(x).tolist() == [2.0, 0.0, 5.0]
+
+
+def test_names_kept_by_the_caller_give_the_same_report() -> None:
+    net = nn.Sequential(SeqConv2d(2, 4, 3, padding=1), LIF(), SeqConv2d(4, 4, 3, padding=1), LIF())
+    x = (torch.rand(2, 3, 2, 6, 6, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    names = telemetry.layer_names(net)
+    with torch.inference_mode(), telemetry.record(net) as fresh:
+        net(x)
+    with torch.inference_mode(), telemetry.record(net, names) as kept:
+        net(x)
+    assert fresh.report() == kept.report()
+    assert [layer.name for layer in kept.report()[0].layers] == ["1", "3"]
