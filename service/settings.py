@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     stream_max_message_events: int = 1_000_000  # events one binary message may decode to (4413)
     stream_max_pending_windows: int = 4  # windows waiting for the model; past it the newest two merge
     stream_idle_timeout_s: float = 30.0  # no message for this long: final message, close 4408
+    # a window waits at most this long for other sessions' windows to share its forward (0: never)
+    stream_max_delay_ms: float = Field(default=5.0, ge=0)
 
     def batch_size_for(self, model: str) -> int:
         return self.max_batch_size_per_model.get(model, self.max_batch_size)

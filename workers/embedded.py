@@ -42,6 +42,8 @@ class EmbeddedPool:
         self._engine: Engine | None = None
         self._streams: StreamRunner | None = None
         self._stream_waiting: list[tuple[StreamWindow, asyncio.Future[StreamAnswer]]] = []
+        self._stream_first_wait = 0.0  # loop time the oldest waiting window arrived
+        self._stream_arrived: asyncio.Event | None = None  # set by each new window (made in the loop)
         self._stream_drain: asyncio.Task[None] | None = None
         self._batcher: Batcher | None = None
         self._ready = False
@@ -161,17 +163,43 @@ class EmbeddedPool:
         return await asyncio.to_thread(runner.describe, name, version)
 
     async def run_stream_window(self, window: StreamWindow) -> StreamAnswer:
-        """Queue the window; windows that arrive while a forward runs go together in the next one
-        (``StreamRunner.run_windows`` batches sessions that share a network), adding no delay."""
+        """Queue the window; windows of other sessions go with it in one forward
+        (``StreamRunner.run_windows`` batches sessions that share a network): those that arrive while
+        a forward runs, and those that arrive within ``stream_max_delay_ms`` of the oldest waiting
+        one while some session the runner holds has none waiting (no wait once every one has)."""
         runner = self._require_streams()
-        future: asyncio.Future[StreamAnswer] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[StreamAnswer] = loop.create_future()
+        if not self._stream_waiting:
+            self._stream_first_wait = loop.time()
         self._stream_waiting.append((window, future))
+        if self._stream_arrived is None:
+            self._stream_arrived = asyncio.Event()
+        self._stream_arrived.set()
         if self._stream_drain is None or self._stream_drain.done():
             self._stream_drain = asyncio.create_task(self._drain_stream_windows(runner))
         return await future
 
+    async def _gather_stream_windows(self, runner: StreamRunner) -> None:
+        """Wait (at most ``stream_max_delay_ms`` from the oldest waiting window) until every session
+        the runner holds has a window waiting: one forward of B windows costs far less than B
+        forwards of one (on a CPU, 4 windows of a small DANet cost about 2 of one)."""
+        loop = asyncio.get_running_loop()
+        deadline = self._stream_first_wait + self.settings.stream_max_delay_ms / 1000.0
+        while (remaining := deadline - loop.time()) > 0:
+            waiting = {window.session_id for window, _ in self._stream_waiting}
+            if len(waiting) >= runner.sessions():
+                return
+            assert self._stream_arrived is not None
+            self._stream_arrived.clear()
+            try:
+                await asyncio.wait_for(self._stream_arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
     async def _drain_stream_windows(self, runner: StreamRunner) -> None:
         while self._stream_waiting:
+            await self._gather_stream_windows(runner)
             batch, self._stream_waiting = self._stream_waiting, []
             try:
                 answers = await asyncio.to_thread(runner.run_windows, [window for window, _ in batch])

@@ -94,3 +94,60 @@ def test_empty_registry_is_ready_with_no_models(tmp_path: Any) -> None:
         return ready
 
     assert asyncio.run(body())
+
+
+class _RecordingRunner:
+    """Stands in for ``StreamRunner``: answers each window, records the batches it was given."""
+
+    def __init__(self, held: int) -> None:
+        self.held = held
+        self.batches: list[list[str]] = []
+
+    def sessions(self) -> int:
+        return self.held
+
+    def run_windows(self, windows: list[Any]) -> list[Any]:
+        self.batches.append([window.session_id for window in windows])
+        return [window.session_id for window in windows]
+
+
+def stream_window(session_id: str) -> Any:
+    from workers.stream_protocol import StreamWindow
+
+    frames = np.zeros((1, 2, 4, 4), dtype=np.float32)
+    return StreamWindow(
+        session_id=session_id, model_name="m", model_version=1, index=0, frames=frames,
+        telemetry="none", top_k=1, reset=False,
+    )  # fmt: skip
+
+
+def test_a_stream_window_waits_for_the_other_held_sessions_then_runs_with_them(tmp_path: Any) -> None:
+    pool = EmbeddedPool(Settings(registry=tmp_path, stream_max_delay_ms=60_000))
+    runner = _RecordingRunner(held=3)
+    pool._streams = runner  # type: ignore[assignment]
+
+    async def body() -> list[Any]:
+        first = asyncio.create_task(pool.run_stream_window(stream_window("a")))
+        await asyncio.sleep(0.01)
+        assert not first.done() and runner.batches == []  # b and c hold state but sent nothing yet
+        rest = [asyncio.create_task(pool.run_stream_window(stream_window(s))) for s in ("b", "c")]
+        return await asyncio.wait_for(asyncio.gather(first, *rest), timeout=30)
+
+    assert asyncio.run(body()) == ["a", "b", "c"]
+    assert runner.batches == [["a", "b", "c"]]  # one forward, as soon as every held session was in
+
+
+def test_a_stream_window_does_not_wait_when_its_session_is_the_only_one(tmp_path: Any) -> None:
+    pool = EmbeddedPool(Settings(registry=tmp_path, stream_max_delay_ms=60_000))
+    runner = _RecordingRunner(held=1)
+    pool._streams = runner  # type: ignore[assignment]
+    answer = asyncio.run(asyncio.wait_for(pool.run_stream_window(stream_window("a")), timeout=30))
+    assert answer == "a" and runner.batches == [["a"]]
+
+
+def test_a_stream_window_waits_no_longer_than_the_delay(tmp_path: Any) -> None:
+    pool = EmbeddedPool(Settings(registry=tmp_path, stream_max_delay_ms=1))
+    runner = _RecordingRunner(held=4)  # three of them never send: the window goes alone
+    pool._streams = runner  # type: ignore[assignment]
+    answer = asyncio.run(asyncio.wait_for(pool.run_stream_window(stream_window("a")), timeout=30))
+    assert answer == "a" and runner.batches == [["a"]]
