@@ -329,14 +329,17 @@ def bench_sessions(args: argparse.Namespace, scratch: Path) -> list[dict[str, An
         "SPIKESERVE_DEFAULT_MODELS": json.dumps(args.models),
         "SPIKESERVE_STREAM_MAX_SESSIONS_PER_KEY": "64",
     }
-    trees = [("this checkout", REPO_ROOT)]
+    trees = [("this checkout", REPO_ROOT, env)]
     if args.baseline:
         folder, commit = checkout(args.baseline, scratch / "baseline")
-        trees.insert(0, (f"baseline {commit}", folder))
+        settings = dict(item.split("=", 1) for item in args.baseline_env)
+        label = " ".join([f"baseline {commit}", *args.baseline_env])
+        trees.insert(0, (label, folder, {**env, **settings}))
     rows = []
     with contextlib.ExitStack() as stack:
         servers = [
-            (label, stack.enter_context(ServerProcess(registry, env=env, cwd=cwd))) for label, cwd in trees
+            (label, stack.enter_context(ServerProcess(registry, env=tree_env, cwd=cwd)))
+            for label, cwd, tree_env in trees
         ]
         for model in args.models:
             for _, server in servers:  # load the stream copy before timing
@@ -399,6 +402,13 @@ def main() -> None:
         help="serve a random-weight danet-nmnist of this base width (the recipe's architecture)",
     )
     parser.add_argument("--baseline", default=None, help="git ref: also run its server, cells alternating")
+    parser.add_argument(
+        "--baseline-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of the baseline server only",
+    )
     parser.add_argument("--session-rounds", type=int, default=1, help="rounds of every session cell")
     args = parser.parse_args()
     print(f"# {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs (shared)")
