@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 import struct
 
 import numpy as np
@@ -44,8 +45,13 @@ def read_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bo
         raise CorruptFileError(
             f".npy header of {header_len:,} bytes is too long or runs past the end of the file"
         )
+    text = bytes(view[start : start + header_len])
+    known = _known_header(text, major)
+    if known is not None:  # a stream's arrays differ only in their length
+        dtype, shape, fortran_order = known
+        return dtype, shape, fortran_order, start + header_len
     try:
-        header = ast.literal_eval(bytes(view[start : start + header_len]).decode(encoding))
+        header = ast.literal_eval(text.decode(encoding))
         dtype = np.lib.format.descr_to_dtype(header["descr"])
         shape = header["shape"]
         fortran_order = header["fortran_order"]
@@ -61,7 +67,37 @@ def read_header(data: bytes | memoryview) -> tuple[np.dtype, tuple[int, ...], bo
         raise CorruptFileError(".npy arrays of Python objects need pickle, which is never loaded")
     if any(n < 0 for n in shape):
         raise CorruptFileError(".npy header states a negative dimension")
+    _remember_header(text, major, dtype, shape, fortran_order)
     return dtype, shape, fortran_order, start + header_len
+
+
+# Headers of 1-D arrays already read, with the length cut out: (version, template) -> (dtype,
+# fortran_order). Parsing a header (ast.literal_eval, then the dtype) costs more than decoding the
+# 10 ms of events it announces; the arrays of one stream share everything but their length.
+_ONE_DIM = re.compile(rb"'shape': \((\d{1,19}),\)")
+_TEMPLATES: dict[tuple[int, bytes], tuple[np.dtype, bool]] = {}
+_MAX_TEMPLATES = 256
+
+
+def _known_header(text: bytes, major: int) -> tuple[np.dtype, tuple[int, ...], bool] | None:
+    """(dtype, shape, fortran_order) of a header whose template was read before, else None."""
+    matches = _ONE_DIM.findall(text)
+    if len(matches) != 1:
+        return None
+    known = _TEMPLATES.get((major, _ONE_DIM.sub(b"'shape': (#,)", text)))
+    if known is None:
+        return None
+    return known[0], (int(matches[0]),), known[1]
+
+
+def _remember_header(
+    text: bytes, major: int, dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool
+) -> None:
+    """Keep a fully read and checked header's template, if its one length is where the template cuts."""
+    matches = _ONE_DIM.findall(text)
+    if len(matches) != 1 or shape != (int(matches[0]),) or len(_TEMPLATES) >= _MAX_TEMPLATES:
+        return
+    _TEMPLATES[(major, _ONE_DIM.sub(b"'shape': (#,)", text))] = (dtype, fortran_order)
 
 
 def read_npy(data: bytes | memoryview, *, max_events: int | None = None) -> EventRecording:

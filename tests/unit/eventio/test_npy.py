@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from eventio import CorruptFileError, InvalidEventsError, LimitExceededError
+from eventio import EVENT_DTYPE, CorruptFileError, InvalidEventsError, LimitExceededError
 from eventio.npy import read_header, read_npy, write_npy
 
 
@@ -107,3 +107,26 @@ def test_a_shape_that_is_not_a_tuple_of_integers_is_corrupt(shape: str) -> None:
     assert read_header(_npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (2, 3), }"))[
         1
     ] == (2, 3)
+
+
+def test_headers_that_differ_only_in_length_are_read_alike() -> None:
+    # the second and later arrays of a stream reuse the first one's parsed header (its template)
+    events = np.zeros(40, dtype=EVENT_DTYPE)
+    for count in (3, 17, 0, 40, 3):
+        data = write_npy(events[:count])
+        dtype, shape, fortran, offset = read_header(data)
+        assert (dtype, shape, fortran) == (np.dtype(EVENT_DTYPE), (count,), False)
+        assert len(data) - offset == count * dtype.itemsize
+        assert np.array_equal(read_npy(data).events, events[:count])
+
+
+def test_a_header_with_two_shapes_is_read_as_a_whole() -> None:
+    """Only a header whose one length is where the template cuts is ever read from a template."""
+    for _ in range(2):
+        data = _npy_with_header("{'descr': '|u1', 'fortran_order': False, 'shape': (5,), 'shape': (3,), }")
+        assert read_header(data)[1] == (3,)  # the later key wins, as ast.literal_eval reads it
+    for _ in range(2):
+        data = _npy_with_header("{'descr': '|u1', 'fortran_order': True, 'shape': (9,), }")
+        assert read_header(data)[1:3] == ((9,), True)
+    with pytest.raises(CorruptFileError, match="object"):
+        read_header(_npy_with_header("{'descr': '|O', 'fortran_order': False, 'shape': (9,), }"))
