@@ -6,6 +6,9 @@ so drift in a shared machine's load falls on both; the overhead is the median of
 ratios on/off, minus one. On the CPU the process's CPU time is compared the same way: waiting for
 a core that another program holds does not count there, so on a busy machine it is the steadier
 of the two figures. Target: under 5% on the CPU (telemetry must be cheap enough to stay on by default).
+The process sets up its allocator as a serving worker does (``workers/runtime.py``: freed tensor
+memory is reused, not page-faulted back at every forward); ``--system-malloc`` leaves glibc's defaults,
+under which the page faults of both forwards, not the telemetry, dominate the difference.
 
     .venv/bin/python bench/telemetry.py                       # small DANet, MNIST-sized input
     .venv/bin/python bench/telemetry.py --arch danet_resnet50 --size 64 --batch 4
@@ -27,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import create_model, telemetry
+from workers.runtime import keep_freed_memory
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="leave glibc's malloc as it is (a worker tunes it)"
+    )
     return parser.parse_args()
 
 
@@ -60,6 +67,7 @@ def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, float]:
 
 def main() -> None:
     args = parse_args()
+    kept = False if args.system_malloc else keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -100,6 +108,7 @@ def main() -> None:
     print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}")
     threads = torch.get_num_threads()
     print(f"device  {device}, {threads} threads, {args.rounds} rounds after {args.warmup} warm-up")
+    print(f"malloc  {'freed memory kept (as a worker)' if kept else 'system defaults'}")
     print(f"forward off  median {statistics.median(times_off) * 1e3:8.2f} ms")
     print(f"forward on   median {statistics.median(times_on) * 1e3:8.2f} ms")
     overhead = 100 * (ratio - 1)

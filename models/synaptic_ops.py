@@ -11,10 +11,12 @@
 
 An input value of 2 (a SEW sum of two coinciding spikes) is two events: counts are sums, not
 counts of non-zeros. Cost: where the fan-out is the same everywhere (a 1x1 stride-1 conv) the
-exact count is the event total (which the neuron that fired the input already counted) times it;
-elsewhere it is one matrix-vector product of the input, [T*B*C, H*W] x the fan-out map [H*W], the
-cheapest single pass over the input on a CPU (several times faster than a reduction over time and
-channels followed by a weighted sum). The fan-out map of a geometry on an input size is prepared
+exact count is the event total (which the neuron that fired the input already counted) times it.
+Elsewhere it needs the events per input position: the eager LIF neuron that fired the input
+reduces its spikes to that [B, H*W] map in the pass that counts them, so the conv weights a small
+map by its fan-out map; an input whose per-position counts nobody kept (a fused neuron backend,
+a SEW sum) costs one matrix-vector product of the input, [T*B*C, H*W] x the fan-out map, the
+cheapest single pass over it on a CPU. The fan-out map of a geometry on an input size is prepared
 once and cached.
 """
 
@@ -28,6 +30,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class InputEvents(NamedTuple):
+    """A synaptic layer's input activity, as far as it is known before the layer counts.
+
+    total: [B] events per sample (int64 or float32); per_position: [B, H*W] events per input
+    position summed over steps and channels (float), when the neuron that fired them had it.
+    """
+
+    total: torch.Tensor
+    per_position: torch.Tensor | None
+
+
 class SynapticOps(NamedTuple):
     """Per-sample synaptic operations of one layer call: exact and nominal, each [B] float64."""
 
@@ -39,24 +52,32 @@ class SynapticOps(NamedTuple):
         return SynapticOps(self.exact[:batch].clone(), self.nominal[:batch].clone())
 
 
-def linear_synaptic_ops(linear: nn.Linear, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
-    """x: [T, B, ..., in] events; events: [B] their total. Each event reaches every output."""
-    count = events.to(torch.float64) * linear.out_features
+def linear_synaptic_ops(linear: nn.Linear, events: InputEvents) -> SynapticOps:
+    """Each event of the input reaches every output."""
+    count = events.total.to(torch.float64) * linear.out_features
     return SynapticOps(count, count)
 
 
 def conv_synaptic_ops(
-    conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor, out_size: tuple[int, int]
+    conv: nn.Conv2d, x: torch.Tensor, events: InputEvents, out_size: tuple[int, int]
 ) -> SynapticOps:
-    """x: [T, B, C_in, H, W] events; events: [B] their total; out_size: the conv's (H', W')."""
+    """x: [T, B, C_in, H, W] events; events: what is known of them; out_size: the conv's (H', W')."""
     height, width = x.shape[-2:]
     plan = _conv_plan(_geometry(conv), height, width, out_size, x.device)
-    total = events.to(torch.float64)
+    total = events.total.to(torch.float64)
     nominal = total * plan.nominal_per_event
+    per_position = events.per_position
     if plan.padded:
-        return SynapticOps(_padded_count(conv, x) * plan.channels_reached, nominal)
+        if per_position is None:
+            per_position = x.detach().sum(dim=(0, 2), dtype=torch.float32)
+        per_position = per_position.reshape(-1, 1, height, width)
+        return SynapticOps(_padded_count(conv, per_position) * plan.channels_reached, nominal)
     if plan.fanout is None:  # every position reaches the same number of outputs
         return SynapticOps(total * plan.full_per_event, nominal)
+    if per_position is not None:
+        # in float64: a sum over a whole map may pass 2**24, where float32 stops counting exactly
+        reached_map = per_position.to(torch.float64) @ plan.fanout.to(torch.float64)  # [B]
+        return SynapticOps(reached_map * plan.channels_reached, nominal)
     # fan-out counts are small integers, exact in any float type; sums of products stay exact in
     # float32 (products summed over one map < 2**24), then add up over time and channels in float64
     flat = x.flatten(3) if x.dtype in (torch.float32, torch.float64) else x.flatten(3).float()
@@ -142,9 +163,10 @@ def _axis_fanout(
     return _AxisFanout(tuple(counts), max(counts, default=0))
 
 
-def _padded_count(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Reflect/replicate/circular padding: border events are reached through their copies too."""
-    per_position = x.sum(dim=(0, 2), dtype=torch.float32).unsqueeze(1)  # [B, 1, H, W]
+def _padded_count(conv: nn.Conv2d, per_position: torch.Tensor) -> torch.Tensor:
+    """Reflect/replicate/circular padding: border events are reached through their copies too.
+
+    per_position: [B, 1, H, W] events summed over steps and channels -> [B] float64."""
     padded = F.pad(per_position, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
     ones = torch.ones((1, 1, *conv.kernel_size), dtype=padded.dtype, device=padded.device)
     reached = F.conv2d(padded, ones, stride=conv.stride, dilation=conv.dilation)

@@ -27,12 +27,12 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from models.synaptic_ops import SynapticOps
+from models.synaptic_ops import InputEvents, SynapticOps
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -63,9 +63,11 @@ class _SynapseTally:
     synaptic_ops_nominal: torch.Tensor | None = None  # [B] float64, rate x T x MACs
 
 
-@dataclass(frozen=True, slots=True)
-class LayerTelemetry:
-    """One spiking layer's activity for one sample."""
+class LayerTelemetry(NamedTuple):
+    """One spiking layer's activity for one sample.
+
+    A NamedTuple: a report builds one per layer per sample, and a tuple is the cheapest to build.
+    """
 
     name: str
     neurons: int
@@ -73,16 +75,10 @@ class LayerTelemetry:
     spike_rate: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "neurons": self.neurons,
-            "spikes": self.spikes,
-            "spike_rate": self.spike_rate,
-        }
+        return self._asdict()
 
 
-@dataclass(frozen=True, slots=True)
-class SynapticLayerTelemetry:
+class SynapticLayerTelemetry(NamedTuple):
     """One synaptic layer's (conv, linear, attention product) work for one sample.
 
     ``input`` is "events" (spike-driven: its energy is E_AC x exact SOPs) or "real" (its MACs are
@@ -98,15 +94,7 @@ class SynapticLayerTelemetry:
     energy_share: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "input": self.input,
-            "macs": self.macs,
-            "synaptic_ops": self.synaptic_ops,
-            "synaptic_ops_nominal": self.synaptic_ops_nominal,
-            "energy_uj": self.energy_uj,
-            "energy_share": self.energy_share,
-        }
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -169,20 +157,23 @@ class TelemetryRecorder:
         tally.spikes = counts if tally.spikes is None else tally.spikes + counts
         tally.time_steps += time_steps
 
-    def remember_spikes(self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor) -> None:
-        """Keep the count of the spike tensor a neuron just returned (x: [T, B, ...], counts: [B]).
+    def remember_spikes(
+        self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor, spike_map: torch.Tensor | None = None
+    ) -> None:
+        """Keep what a neuron counted of the spike tensor it just returned: x: [T, B, ...], counts
+        [B], and (where its backend gives it) spike_map [B, H*W], the spikes per position.
 
         The synaptic layer that consumes exactly this tensor next (the usual LIF -> conv wiring)
         then reads its input activity from here instead of reducing its input again.
         """
-        self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
+        self._last_spikes = (weakref.ref(spikes), InputEvents(spikes_per_sample, spike_map))
 
-    def input_events(self, x: torch.Tensor) -> torch.Tensor:
-        """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] (int64 or float32)."""
+    def input_events(self, x: torch.Tensor) -> InputEvents:
+        """The events of a synaptic layer's input x: [T, B, ...] (``InputEvents``)."""
         last = getattr(self, "_last_spikes", None)
         if last is not None and last[0]() is x:
             return last[1]  # int64 counts; the SOP count converts once
-        return event_count(x)
+        return InputEvents(event_count(x), None)
 
     def record_synapse(
         self,

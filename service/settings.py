@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     neuron_backend: str = "auto"
     default_models: list[str] = Field(default_factory=list)  # loaded and warmed before /readyz; empty = all
     torch_threads: int | None = None
+    # hold freed tensor memory in the process rather than page-fault it back at every forward
+    # (glibc's malloc; workers/runtime.py says why)
+    keep_freed_memory: bool = True
     # distributed mode: set redis_url to put requests on Redis Streams instead of running models here
     redis_url: str | None = None
     redis_prefix: str = "spikeserve"

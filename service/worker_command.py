@@ -164,12 +164,10 @@ async def serve(
     from workers.engine import Engine  # torch arrives here
     from workers.redis_stream_worker import StreamInbox
     from workers.redis_worker import RedisWorker
+    from workers.runtime import prepare_inference_process
     from workers.stream_runner import StreamRunner
 
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    prepare_inference_process(settings.torch_threads, settings.keep_freed_memory)
     served = _Served(registry, list(settings.default_models))
     engine = Engine(
         registry, device=settings.device, backend=settings.neuron_backend, worker_id=worker_id or ""

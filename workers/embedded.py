@@ -17,6 +17,7 @@ from workers.batcher import Batcher
 from workers.error_codec import raise_for_error
 from workers.errors import WorkerUnavailableError
 from workers.protocol import InferenceRequest, InferenceResult
+from workers.runtime import prepare_inference_process
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
 
 if TYPE_CHECKING:
@@ -60,10 +61,7 @@ class EmbeddedPool:
         from workers.engine import Engine  # torch arrives here, not at import
         from workers.stream_runner import StreamRunner
 
-        if self.settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.settings.torch_threads)
+        prepare_inference_process(self.settings.torch_threads, self.settings.keep_freed_memory)
         self._started_at = time.time()
         self._engine = Engine(
             self.registry,

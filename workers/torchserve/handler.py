@@ -36,6 +36,7 @@ from workers.batcher import group_by_batch_key
 from workers.errors import SpikeserveError
 from workers.options import RunOptions, check_options
 from workers.protocol import TELEMETRY_LEVELS, InferenceRequest, InferenceResult, new_request_id
+from workers.runtime import prepare_inference_process
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -99,12 +100,9 @@ class SpikeserveHandler:
         os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
         manifest = Manifest.model_validate_json((model_dir / MANIFEST_FILE).read_text())
 
-        import torch
-
         from workers.engine import Engine
 
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        prepare_inference_process(self.settings.torch_threads, self.settings.keep_freed_memory)
         device = self.settings.device
         gpu_id = properties.get("gpu_id")
         if device == "cuda" and gpu_id is not None:
