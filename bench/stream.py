@@ -11,7 +11,8 @@
    the baseline is the speed asked), window latency p50/p99 as the server measures it (message in
    -> answer out), dropped (merged) windows, the server's CPU time per window answered (the figure
    that moves least with the machine's load), the load average, and the server's RSS (sampled
-   every second: start, max, end; one long cell, ``--seconds 120``, shows whether it is flat).
+   every second: start, 10 s in, max, end; one long cell, ``--seconds 120``, shows whether it is
+   flat once the first batches have been allocated).
    ``--baseline REF`` runs the server of that git ref too, the cells of both alternating.
 
     .venv/bin/python bench/stream.py --registry zoo --models danet-nmnist spikeformer-nmnist
@@ -364,7 +365,7 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
     print("\n## Sessions: DVXplorer looped, 50 ms windows, fit=scale, telemetry=summary\n")
     print(
         "| code | model | sessions | speed | real-time factor / speed | window p50 | p99 "
-        "| dropped / windows | server CPU ms / window | load | RSS MB (start, max, end) |"
+        "| dropped / windows | server CPU ms / window | load | RSS MB (start, 10 s in, max, end) |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -376,7 +377,7 @@ def print_sessions(rows: list[dict[str, Any]]) -> None:
             f"| {r['code']} | {r['model']} | {r['sessions']} | {speed} | {rtf} "
             f"| {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | {r['dropped']} / {r['windows']} "
             f"| {r['cpu_ms_per_window']:.1f} | {r['load']:.1f} "
-            f"| {rss[0]:.0f}, {max(rss):.0f}, {rss[-1]:.0f} |"
+            f"| {rss[0]:.0f}, {rss[min(10, len(rss) - 1)]:.0f}, {max(rss):.0f}, {rss[-1]:.0f} |"
         )
 
 
