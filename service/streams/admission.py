@@ -26,6 +26,7 @@ class StreamSessions:
         self.max_per_key = max_per_key
         self._sessions: dict[StreamSession, str] = {}
         self._per_key: Counter[str] = Counter()
+        self._per_model: Counter[str] = Counter()
 
     @staticmethod
     def key_of(api_key: str | None, client_host: str | None) -> str:
@@ -47,7 +48,7 @@ class StreamSessions:
     def add(self, session: StreamSession, key: str) -> None:
         self._sessions[session] = key
         self._per_key[key] += 1
-        metrics.ACTIVE.set(len(self._sessions))
+        self._count_model(session.manifest.name, +1)
 
     def remove(self, session: StreamSession) -> None:
         key = self._sessions.pop(session, None)
@@ -55,7 +56,12 @@ class StreamSessions:
             self._per_key[key] -= 1
             if self._per_key[key] <= 0:
                 del self._per_key[key]
-        metrics.ACTIVE.set(len(self._sessions))
+            self._count_model(session.manifest.name, -1)
+
+    def _count_model(self, model: str, change: int) -> None:
+        # a model's series stays at 0 once its last session ends, so a dashboard shows it drop
+        self._per_model[model] += change
+        metrics.ACTIVE.labels(model).set(self._per_model[model])
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-ACTIVE = Gauge("spikeserve_stream_sessions", "Live stream sessions open now.")
+ACTIVE = Gauge("spikeserve_stream_sessions", "Live stream sessions open now, by model.", ["model"])
 REFUSED = Counter(
     "spikeserve_stream_sessions_refused", "Stream sessions refused at admission, by reason.", ["reason"]
 )

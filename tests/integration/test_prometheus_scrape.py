@@ -2,7 +2,8 @@
 
 The dashboard and the alert rules are otherwise only parsed: here Prometheus (Debian's package,
 unpacked by tests/prometheus_support.py) scrapes both processes on loopback every second while
-images, event recordings and bad requests go through, then every Grafana query is evaluated through
+images, event recordings, bad requests and a short live stream session go through, then every
+Grafana query is evaluated through
 the HTTP API (``$__rate_interval`` replaced by a fixed window) and must return series, and the
 alert rules loaded from docker/prometheus/ must evaluate cleanly and fire when a worker goes away.
 """
@@ -28,7 +29,9 @@ from redis_support import (
     wait_for_workers,
     wait_until,
 )
+from stream_support import nmnist_in_1ms_chunks
 from tiny_zoo import EVENTS_MODEL, IMAGE_MODEL
+from websockets.sync.client import connect
 
 from eventio import make_events
 
@@ -41,11 +44,18 @@ RATE_WINDOW = "30s"  # stands for Grafana's $__rate_interval: many 1 s scrapes
 # allocated GPU memory is exported by workers that run on a GPU; this one runs on the CPU
 NEEDS_A_GPU = {"spikeserve_gpu_memory_bytes"}
 FAST_BEATS = {"SPIKESERVE_HEARTBEAT_INTERVAL_S": "0.5"}
+# the stream session's second half arrives at once: room for all its windows, so none is dropped
+# and the dropped-windows alert stays quiet
+ROOMY_STREAMS = {"SPIKESERVE_STREAM_MAX_PENDING_WINDOWS": "64"}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def alert_rules() -> list[dict]:
@@ -115,12 +125,44 @@ def send_traffic(base: str) -> int:
     return sent
 
 
+def stream_session(base: str, recording: bytes, prometheus: PrometheusServer) -> int:
+    """The real N-MNIST recording streamed to the events model in 10 ms chunks; returns the windows.
+
+    Prometheus scrapes the session's first windows before the rest are sent, so that rates and
+    quantiles over the stream series see them move (a session shorter than a scrape would not)."""
+    url = f"{base.replace('http://', 'ws://')}/v1/models/{EVENTS_MODEL}/stream?window_ms=20&time_steps=2"
+    chunks = nmnist_in_1ms_chunks(recording)
+    batches = [b"".join(chunks[start : start + 10]) for start in range(0, len(chunks), 10)]
+    half = len(batches) // 2
+    with connect(url, max_size=None) as ws:
+        assert json.loads(ws.recv(timeout=60))["type"] == "ready"
+        for batch in batches[:half]:
+            ws.send(batch)
+
+        def first_windows_scraped() -> bool:
+            return bool(prometheus.query("spikeserve_stream_window_latency_seconds_count > 0"))
+
+        wait_until(first_windows_scraped, 30, "Prometheus scraping the first stream windows", interval_s=0.5)
+        for batch in batches[half:]:
+            ws.send(batch)
+        ws.send(json.dumps({"close": True}))
+        messages = [json.loads(ws.recv(timeout=60))]
+        while messages[-1]["type"] != "closed":
+            messages.append(json.loads(ws.recv(timeout=60)))
+    windows = [m for m in messages if m["type"] == "window"]
+    assert windows and messages[-1]["windows"] == len(windows), messages[-1]
+    assert messages[-1]["dropped_windows"] == 0, messages[-1]
+    return len(windows)
+
+
 def test_a_real_prometheus_answers_every_dashboard_query_and_evaluates_the_alerts(
-    redis_registry, redis_prefix, tmp_path
+    redis_registry, redis_prefix, tmp_path, shared_data
 ):
     tools = prometheus_tools()
     with contextlib.ExitStack() as stack:
-        gateway, base = start_gateway(redis_registry, REDIS_URL, redis_prefix, tmp_path, FAST_BEATS)
+        gateway, base = start_gateway(
+            redis_registry, REDIS_URL, redis_prefix, tmp_path, {**FAST_BEATS, **ROOMY_STREAMS}
+        )
         stack.callback(gateway.stop)
         metrics_port = free_port()
         worker = start_worker(
@@ -143,13 +185,21 @@ def test_a_real_prometheus_answers_every_dashboard_query_and_evaluates_the_alert
 
         wait_until(both_targets_up, 30, "Prometheus scraping the gateway and the worker")
         sent = send_traffic(base)
+        windows = stream_session(base, (shared_data / "nmnist_sample.bin").read_bytes(), prometheus)
 
-        # every answered request scraped, then enough later scrapes for rate() to see them move
+        # every answered request and window scraped, then enough later scrapes for rate() to see them move
         def all_counted() -> bool:
             counted = prometheus.query('sum(spikeserve_requests_total{job="spikeserve-gateway"})')
-            return bool(counted) and float(counted[0]["value"][1]) >= sent
+            answered = prometheus.query("sum(spikeserve_stream_windows_total)")
+            return (
+                bool(counted and answered)
+                and float(counted[0]["value"][1]) >= sent
+                and float(answered[0]["value"][1]) >= windows
+            )
 
-        wait_until(all_counted, 30, f"Prometheus counting the {sent} requests sent", interval_s=0.5)
+        wait_until(
+            all_counted, 30, f"Prometheus counting {sent} requests and {windows} windows", interval_s=0.5
+        )
         queries = [
             (title, expr.replace("$__rate_interval", RATE_WINDOW)) for title, expr in dashboard_queries()
         ]
@@ -174,6 +224,17 @@ def test_a_real_prometheus_answers_every_dashboard_query_and_evaluates_the_alert
         assert {"404", "415", "422"} <= {status for _route, status in statuses}
         layers = prometheus.query(f"sum by (model, layer) (rate(spikeserve_spike_rate_count[{RATE_WINDOW}]))")
         assert {s["metric"]["model"] for s in layers} == {IMAGE_MODEL, EVENTS_MODEL}
+        # the Streams row: the session's model, its windows measured, and none closed over
+        for stream_series in ("spikeserve_stream_sessions", "spikeserve_stream_window_latency_seconds_count"):
+            assert {s["metric"]["model"] for s in prometheus.query(stream_series)} == {EVENTS_MODEL}
+        assert float(prometheus.query("sum(spikeserve_stream_sessions)")[0]["value"][1]) == 0
+        latency_p99 = prometheus.query(
+            "histogram_quantile(0.99, sum by (le, model) "
+            "(increase(spikeserve_stream_window_latency_seconds_bucket[5m])))"
+        )
+        assert 0 < float(latency_p99[0]["value"][1]) <= 5.0, latency_p99
+        windows_per_s = prometheus.query("sum(rate(spikeserve_stream_windows_total[5m]))")
+        assert float(windows_per_s[0]["value"][1]) > 0, windows_per_s
 
         # the alert rules: loaded, every one evaluated without error, every metric they read exported
         rules = httpx.get(f"{prometheus.url}/api/v1/rules", timeout=10).json()["data"]["groups"]

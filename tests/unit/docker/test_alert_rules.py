@@ -27,6 +27,8 @@ EXPECTED_ALERTS = {
     "SpikeserveLatencyP99High",
     "SpikeserveSpikeRateCollapsed",
     "SpikeserveSpikeRateSaturated",
+    "SpikeserveStreamWindowsDropped",
+    "SpikeserveStreamStateResets",
 }
 
 

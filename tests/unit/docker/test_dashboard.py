@@ -3,7 +3,7 @@
 The code's metric definitions are read from the source (``Counter("spikeserve_...", doc, [labels])``
 and the like, in service/ and workers/), without importing it: what Prometheus would see follows from
 the type (a Counter ``x`` or ``x_total`` exports ``x_total``; a Histogram ``x`` exports ``x_bucket``,
-``x_sum``, ``x_count``).
+``x_sum``, ``x_count``). Every query also goes through promtool's PromQL parser.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ DASHBOARD = REPO / "docker/grafana/dashboards/spikeserve.json"
 METRIC_KINDS = {"Counter", "Gauge", "Histogram", "Summary"}
 # labels Prometheus adds to every scraped series, and the histogram bucket bound
 SCRAPE_LABELS = {"instance", "job", "le"}
+# what Grafana puts in place of $__rate_interval, for the parser
+RATE_INTERVAL = "1m"
 
 
 def defined_metrics() -> dict[str, tuple[str, set[str]]]:
@@ -58,7 +61,11 @@ def exported_series() -> dict[str, set[str]]:
 def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) of every target."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def test_the_code_defines_the_contract_metrics():
@@ -78,6 +85,12 @@ def test_the_code_defines_the_contract_metrics():
         "spikeserve_queue_depth",
         "spikeserve_worker_batches_total",
         "spikeserve_workers",
+        "spikeserve_stream_sessions",
+        "spikeserve_stream_windows_total",
+        "spikeserve_stream_dropped_windows_total",
+        "spikeserve_stream_window_latency_seconds_bucket",
+        "spikeserve_stream_spike_rate_bucket",
+        "spikeserve_stream_state_resets_total",
     ):
         assert name in series, f"{name} is not defined in service/ or workers/"
 
@@ -113,6 +126,48 @@ def test_dashboard_covers_requests_latency_queue_batches_spikes_and_energy():
         assert needed in queried, f"the dashboard has no query with {needed!r}"
 
 
+def test_every_query_parses_as_promql(tmp_path: Path):
+    """promtool parses each query as the expression of a recording rule (``check rules`` parses and
+    type-checks PromQL without a server), with ``$__rate_interval`` as Grafana would fill it in."""
+    import yaml
+    from prometheus_support import prometheus_tools
+
+    queries = dashboard_queries()
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$__rate_interval", RATE_INTERVAL)}
+        for i, (_title, expr) in enumerate(queries)
+    ]
+    checked = tmp_path / "dashboard.rules.yml"
+    checked.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    promtool = prometheus_tools().promtool
+    done = subprocess.run([promtool, "check", "rules", checked], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in done.stdout
+
+
+def test_a_streams_row_shows_sessions_windows_drops_latency_spike_rate_and_resets():
+    dashboard = json.loads(DASHBOARD.read_text())
+    rows = sorted(panel["gridPos"]["y"] for panel in dashboard["panels"] if panel["type"] == "row")
+    (row,) = [
+        panel for panel in dashboard["panels"] if panel["type"] == "row" and panel["title"] == "Streams"
+    ]
+    top = row["gridPos"]["y"]
+    bottom = min([y for y in rows if y > top], default=float("inf"))  # the next row, if any
+    in_row = [panel for panel in dashboard["panels"] if top < panel["gridPos"]["y"] < bottom]
+    queried = " ".join(target["expr"] for panel in in_row for target in panel.get("targets", []))
+    window_latency = "sum by (le, model) (rate(spikeserve_stream_window_latency_seconds_bucket"
+    for needed in (
+        "sum by (model) (spikeserve_stream_sessions)",  # active sessions per model
+        "sum by (model) (rate(spikeserve_stream_windows_total",  # windows/s
+        "sum by (model) (rate(spikeserve_stream_dropped_windows_total",  # dropped windows/s
+        f"histogram_quantile(0.5, {window_latency}",  # window latency p50
+        f"histogram_quantile(0.99, {window_latency}",  # window latency p99
+        "sum by (model) (rate(spikeserve_stream_spike_rate_sum",  # stream spike rate per model
+        "sum by (model) (rate(spikeserve_stream_state_resets_total",  # state resets/s
+    ):
+        assert needed in queried, f"the Streams row has no query with {needed!r}"
+
+
 def test_panels_use_the_provisioned_datasource():
     import yaml
 
@@ -124,4 +179,5 @@ def test_panels_use_the_provisioned_datasource():
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+        if panel["type"] != "row":  # a row only groups the panels below it
+            assert panel["datasource"]["uid"] == uid, panel["title"]

@@ -218,7 +218,7 @@ def test_stream_metrics_are_exported_and_promtool_clean(streaming: TestClient, s
         receive_until_closed(ws)
     text = streaming.get("/metrics").text
     for name in (
-        "spikeserve_stream_sessions ",
+        f'spikeserve_stream_sessions{{model="{EVENT_DANET_MODEL}"}}',
         f'spikeserve_stream_windows_total{{model="{EVENT_DANET_MODEL}"}}',
         f'spikeserve_stream_dropped_windows_total{{model="{EVENT_DANET_MODEL}"}}',
         f'spikeserve_stream_state_resets_total{{model="{EVENT_DANET_MODEL}"}} 0.0',
