@@ -76,16 +76,26 @@ def register_danet(
     )
 
 
-def register_spikeformer(registry: Any, name: str = EVENTS_MODEL, seed: int = 0, **extra: Any) -> Any:
+def register_spikeformer(
+    registry: Any,
+    name: str = EVENTS_MODEL,
+    seed: int = 0,
+    neuron: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Any:
+    """A random-weight Spikeformer on 34x34 event frames (attention across time: streams slide).
+
+    ``neuron``: the manifest's neuron settings (the architecture's default without them)."""
     return registry.register(
         name,
         architecture="spikeformer_nmnist",
         config=SPIKEFORMER_CONFIG,
-        neuron=None,
+        neuron=neuron,
         time_steps=TIME_STEPS,
         input=EVENTS_INPUT,
         labels=LABELS,
-        weights=random_state_dict("spikeformer_nmnist", SPIKEFORMER_CONFIG, seed),
+        # another neuron kind has other parameters (PLIF, the default, learns its tau)
+        weights=random_state_dict("spikeformer_nmnist", {**SPIKEFORMER_CONFIG, "neuron": neuron}, seed),
         description="random weights, for tests",
         **extra,
     )
