@@ -118,14 +118,14 @@ _add(
     Recipe(
         name="danet-nmnist",
         architecture="danet_resnet18",
-        # base width 8 (a quarter of the MACs of width 16): 34x34 event frames of one digit need
-        # little capacity, and the run must finish within an hour on a CPU shared by many jobs
+        # base width 16, as danet-mnist: width 8 (a quarter of the MACs) peaked at 95.9 % held-out and
+        # misread the real recording
         config={
             "num_classes": 10,
             "in_channels": 2,
             "stem": "small",
             "connection": "dense_additive",
-            "base_width": 8,
+            "base_width": 16,
         },
         # LIF layers only: causal in time, so a stream can keep the membranes from window to window
         neuron={"kind": "lif", "tau": 2.0},
@@ -145,7 +145,7 @@ _add(
             seed=0,
         ),
         augment=Augment(max_shift=2, max_rotation_deg=10.0, max_scale=0.1),
-        description="DANet ResNet-18 (dense additive connections, small stem, base width 8, LIF) on "
+        description="DANet ResNet-18 (dense additive connections, small stem, base width 16, LIF) on "
         "emulated N-MNIST recordings of MNIST-5k digits, 34x34x2 event frames in 4 time bins",
     )
 )
