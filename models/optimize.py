@@ -213,10 +213,13 @@ class InferenceModel:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(device=self._device, dtype=self._dtype, non_blocking=True)
         recorder = telemetry.current_recorder()
-        with self._lock, torch.inference_mode():
-            bucket = next((b for b in self._buckets if b >= x.shape[1]), None)
-            if not self.report.cuda_graphs or bucket is None:
+        bucket = next((b for b in self._buckets if b >= x.shape[1]), None)
+        if not self.report.cuda_graphs or bucket is None:
+            # Nothing shared between calls here (the neurons start each forward from rest and the
+            # recorder is the caller's): batches in several threads run side by side.
+            with torch.inference_mode():
                 return self._forward(x, recorder is not None)
+        with self._lock, torch.inference_mode():
             key = (x.shape[0], bucket, tuple(x.shape[2:]), recorder is not None)
             capture = self._captures.get(key) or self._capture(key, x, recorder is not None)
             batch = x.shape[1]

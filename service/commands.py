@@ -47,7 +47,18 @@ SERVE_FLAGS: list[Flag] = [
     Flag("--max-delay-ms", "max_delay_ms", float, "longest wait for a batch to fill (default 5)"),
     Flag("--max-queue-size", "max_queue_size", int, "queued requests before 503 (default 1024)"),
     Flag("--request-timeout", "request_timeout_s", float, "seconds before a request gets 504 (default 30)"),
-    Flag("--torch-threads", "torch_threads", int, "torch intra-op threads (default: torch's choice)"),
+    Flag(
+        "--torch-threads",
+        "torch_threads",
+        int,
+        "torch intra-op threads (default: torch's choice, or an even share of the cores per batch)",
+    ),
+    Flag(
+        "--concurrent-batches",
+        "concurrent_batches",
+        int,
+        "batches computed at once (default 1)",
+    ),
     Flag("--redis", "redis_url", str, "distributed: send requests to workers via Redis", metavar="URL"),
 ]
 

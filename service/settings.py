@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     device: str = "cpu"  # cpu | cuda | cuda:N
     neuron_backend: str = "auto"
     default_models: list[str] = Field(default_factory=list)  # loaded and warmed before /readyz; empty = all
+    # torch's intra-op threads (unset: torch's choice) and the batches computed at once (unset: one; on
+    # a CPU several share the cores evenly unless torch_threads is set too; workers/concurrency.py)
     torch_threads: int | None = None
+    concurrent_batches: int | None = Field(default=None, ge=1)
     # hold freed tensor memory in the process rather than page-fault it back at every forward
     # (glibc's malloc; workers/runtime.py says why)
     keep_freed_memory: bool = True

@@ -59,7 +59,18 @@ def _worker_flags() -> list[Any]:
         Flag(
             "--claim-idle-ms", "claim_idle_ms", int, "take over requests a dead worker held this long (5000)"
         ),
-        Flag("--torch-threads", "torch_threads", int, "torch intra-op threads (default: torch's choice)"),
+        Flag(
+            "--torch-threads",
+            "torch_threads",
+            int,
+            "torch intra-op threads (default: torch's choice, or an even share of the cores per batch)",
+        ),
+        Flag(
+            "--concurrent-batches",
+            "concurrent_batches",
+            int,
+            "batches computed at once (default 1)",
+        ),
         Flag("--metrics-port", "metrics_port", int, "serve Prometheus /metrics on this port (default: none)"),
     ]
 
@@ -161,13 +172,15 @@ async def serve(
     if not settings.redis_url:
         raise ValueError("a worker needs settings.redis_url")
     from workers.batcher import Batcher
+    from workers.concurrency import plan
     from workers.engine import Engine  # torch arrives here
     from workers.redis_stream_worker import StreamInbox
     from workers.redis_worker import RedisWorker
     from workers.runtime import prepare_inference_process
     from workers.stream_runner import StreamRunner
 
-    prepare_inference_process(settings.torch_threads, settings.keep_freed_memory)
+    concurrency = plan(settings.device, settings.torch_threads, settings.concurrent_batches)
+    prepare_inference_process(concurrency.torch_threads, settings.keep_freed_memory)
     served = _Served(registry, list(settings.default_models))
     engine = Engine(
         registry, device=settings.device, backend=settings.neuron_backend, worker_id=worker_id or ""
@@ -202,6 +215,7 @@ async def serve(
         max_batch_size_for=settings.batch_size_for,
         max_delay_ms_for=settings.delay_ms_for,
         max_queue_size=settings.max_queue_size,
+        concurrent_batches=concurrency.batches,
     )
     await batcher.start()
     worker = RedisWorker(

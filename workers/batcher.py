@@ -1,10 +1,10 @@
 """Dynamic batching: group queued requests by ``batch_key`` and hand them to ``run_batch`` together.
 
 A batch for one key leaves the queue when it holds ``max_batch_size_for(model)`` requests or when
-its oldest request has waited ``max_delay_ms_for(model)``. Batches run one at a time in a single
-worker thread (``run_batch`` is synchronous and already uses every core through torch), so while a
-batch computes the next one fills up: under load batches grow by themselves, idle the extra wait
-is at most ``max_delay_ms``.
+its oldest request has waited ``max_delay_ms_for(model)``. Up to ``concurrent_batches`` batches run
+at once, each in a worker thread of its own (``run_batch`` is synchronous); while they all compute,
+the next one fills up: under load batches grow by themselves, idle the extra wait is at most
+``max_delay_ms``. How many at once suits which device: ``workers.concurrency``.
 
 The queue is bounded: past ``max_queue_size`` waiting requests ``submit`` raises ``QueueFullError``
 (HTTP 503 with Retry-After). A request still waiting at its deadline gets ``DeadlineExceededError``
@@ -63,8 +63,12 @@ class Batcher:
         max_batch_size_for: Callable[[str], int],
         max_delay_ms_for: Callable[[str], float],
         max_queue_size: int,
+        concurrent_batches: int = 1,
     ) -> None:
+        if concurrent_batches < 1:
+            raise ValueError("concurrent_batches must be at least 1")
         self._run_batch = run_batch
+        self._concurrent_batches = concurrent_batches
         self._max_batch_size_for = max_batch_size_for
         self._max_delay_ms_for = max_delay_ms_for
         self._max_queue_size = max_queue_size
@@ -72,6 +76,8 @@ class Batcher:
         self._waiting = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(concurrent_batches)
+        self._running: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._batch_seconds = 0.0  # moving average of batch durations, for Retry-After
         self.batches_run = 0
@@ -82,7 +88,10 @@ class Batcher:
         if self._task is not None:
             return
         self._wakeup = asyncio.Event()  # bound to the running loop
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spikeserve-batch")
+        self._slots = asyncio.Semaphore(self._concurrent_batches)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._concurrent_batches, thread_name_prefix="spikeserve-batch"
+        )
         self._task = asyncio.create_task(self._loop(), name="spikeserve-batcher")
 
     async def stop(self) -> None:
@@ -92,6 +101,12 @@ class Batcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        running = list(self._running)  # each task leaves the set when it finishes
+        for batch_task in running:
+            batch_task.cancel()
+        for batch_task in running:
+            with contextlib.suppress(asyncio.CancelledError):
+                await batch_task
         for queue in self._queues.values():
             while queue:
                 waiting = queue.popleft()
@@ -146,7 +161,7 @@ class Batcher:
 
     def retry_after_s(self) -> float:
         """Seconds until the queue has likely drained by one full batch or more (at least 1)."""
-        batches_ahead = self._waiting / max(self._max_batch_size_for(""), 1)
+        batches_ahead = self._waiting / max(self._max_batch_size_for(""), 1) / self._concurrent_batches
         return float(max(1, math.ceil(batches_ahead * self._batch_seconds)))
 
     # -- the worker side ---------------------------------------------------------------------
@@ -162,16 +177,34 @@ class Batcher:
                 await asyncio.sleep(0.01)
 
     async def _step(self) -> None:
-        """Run the batch that is due, or sleep until one is due or a request arrives."""
-        key, wait_s = self._next_ready(time.monotonic())
-        if key is None:
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
-            return
-        batch = self._take(key)
-        if batch:
+        """Start the batch that is due, or sleep until one is due or a request arrives.
+
+        A batch is taken only once a runner is free: while every runner computes, requests keep
+        joining the queue, so the next batch leaves as large as the load makes it."""
+        await self._slots.acquire()
+        started = False
+        try:
+            key, wait_s = self._next_ready(time.monotonic())
+            if key is None:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=wait_s)
+                return
+            batch = self._take(key)
+            if batch:
+                task = asyncio.create_task(self._run_then_free_slot(batch))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                started = True
+        finally:
+            if not started:
+                self._slots.release()
+
+    async def _run_then_free_slot(self, batch: list[_Waiting]) -> None:
+        try:
             await self._run(batch)
+        finally:
+            self._slots.release()
 
     def _next_ready(self, now: float) -> tuple[Hashable | None, float | None]:
         """The key whose batch should run now (oldest first), else how long until one is due."""

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from registry import Registry
 from registry.errors import LoadError
 from workers.batcher import Batcher
+from workers.concurrency import plan
 from workers.error_codec import raise_for_error
 from workers.errors import WorkerUnavailableError
 from workers.protocol import InferenceRequest, InferenceResult
@@ -61,7 +62,9 @@ class EmbeddedPool:
         from workers.engine import Engine  # torch arrives here, not at import
         from workers.stream_runner import StreamRunner
 
-        prepare_inference_process(self.settings.torch_threads, self.settings.keep_freed_memory)
+        settings = self.settings
+        concurrency = plan(settings.device, settings.torch_threads, settings.concurrent_batches)
+        prepare_inference_process(concurrency.torch_threads, settings.keep_freed_memory)
         self._started_at = time.time()
         self._engine = Engine(
             self.registry,
@@ -81,6 +84,7 @@ class EmbeddedPool:
             max_batch_size_for=self.settings.batch_size_for,
             max_delay_ms_for=self.settings.delay_ms_for,
             max_queue_size=self.settings.max_queue_size,
+            concurrent_batches=concurrency.batches,
         )
         await self._batcher.start()
         refs = list(self.settings.default_models) or [summary.name for summary in self.registry.list()]

@@ -7,6 +7,9 @@ an analog stem conv + BN, a residual stage whose branch is [LIF -> conv -> BN] t
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn as nn
@@ -145,6 +148,24 @@ def test_cpu_inference_model_matches_the_network_and_names_layers_alike() -> Non
         a != b for name in spikes for a, b in zip(spikes[name], expected_spikes[name], strict=True)
     )
     assert mismatched <= 1  # float32 folding may move a spike that sat on the threshold
+
+
+def test_cpu_inference_model_runs_batches_in_several_threads_at_once() -> None:
+    model, _ = net_and_input()
+    optimized = optimize_for_inference(model, "cpu", backend="torch")
+    inputs = [net_and_input(batch=batch)[1] * (1 + index) for index, batch in enumerate((1, 3, 5, 2))]
+    alone = [(optimized(x), spikes_per_layer(optimized.model, optimized, x)) for x in inputs]
+    barrier = threading.Barrier(len(inputs))
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[int]]]:
+        barrier.wait()  # every thread in the network at the same time
+        return optimized(x), spikes_per_layer(optimized.model, optimized, x)
+
+    with ThreadPoolExecutor(len(inputs)) as pool:
+        together = list(pool.map(run, inputs))
+    for (logits, spikes), (expected_logits, expected_spikes) in zip(together, alone, strict=True):
+        torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+        assert spikes == expected_spikes  # each thread's recorder saw its own batch only
 
 
 def test_a_telemetry_tape_replays_into_a_recorder_like_a_direct_record() -> None:

@@ -36,20 +36,29 @@ def make_request(i: int, model: str = "m", steps: int = 4, deadline_s: float = 1
 
 
 class Recorder:
-    """A run_batch that answers each request with its own value and remembers every batch."""
+    """A run_batch that answers each request with its own value and remembers every batch, and
+    the most batches it ever ran at once."""
 
     def __init__(self, compute_s: float = 0.0, fail_on: int | None = None) -> None:
         self.batches: list[list[InferenceRequest]] = []
         self.compute_s = compute_s
         self.fail_on = fail_on
         self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
 
     def __call__(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         with self.lock:
             self.batches.append(list(requests))
-        if self.fail_on is not None and any(r.request_id == f"r{self.fail_on}" for r in requests):
-            raise RuntimeError("boom")
-        time.sleep(self.compute_s)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            if self.fail_on is not None and any(r.request_id == f"r{self.fail_on}" for r in requests):
+                raise RuntimeError("boom")
+            time.sleep(self.compute_s)
+        finally:
+            with self.lock:
+                self.running -= 1
         return [
             InferenceResult(
                 request_id=r.request_id,
@@ -63,12 +72,15 @@ class Recorder:
         ]
 
 
-def make_batcher(run_batch: Recorder, size: int = 8, delay_ms: float = 20.0, queue: int = 100) -> Batcher:
+def make_batcher(
+    run_batch: Recorder, size: int = 8, delay_ms: float = 20.0, queue: int = 100, at_once: int = 1
+) -> Batcher:
     return Batcher(
         run_batch,
         max_batch_size_for=lambda _m: size,
         max_delay_ms_for=lambda _m: delay_ms,
         max_queue_size=queue,
+        concurrent_batches=at_once,
     )
 
 
@@ -104,6 +116,42 @@ def test_batches_never_exceed_max_batch_size() -> None:
     assert len(results) == 10
     assert max(len(b) for b in run.batches) == 4
     assert sum(len(b) for b in run.batches) == 10
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_one_batch_at_a_time_unless_more_are_allowed(at_once: int) -> None:
+    run = Recorder(compute_s=0.15)
+    batcher = make_batcher(run, size=4, delay_ms=5, at_once=at_once)
+
+    async def body() -> list[InferenceResult]:
+        return await asyncio.gather(*(batcher.submit(make_request(i)) for i in range(8)))
+
+    results = asyncio.run(_with_batcher(batcher, body))
+    assert [r.request_id for r in results] == [f"r{i}" for i in range(8)]
+    assert [len(b) for b in run.batches] == [4, 4]
+    assert run.most_at_once == at_once
+
+
+def test_while_every_runner_computes_the_next_batch_fills_up() -> None:
+    run = Recorder(compute_s=0.15)
+    batcher = make_batcher(run, size=8, delay_ms=1, at_once=2)
+
+    async def body() -> list[InferenceResult]:
+        first = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(2)]
+        await asyncio.sleep(0.03)  # the first batch runs; the second runner takes the next one alone
+        second = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(2, 3)]
+        await asyncio.sleep(0.03)  # both runners busy: these wait together for a free one
+        rest = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(3, 8)]
+        return await asyncio.gather(*first, *second, *rest)
+
+    results = asyncio.run(_with_batcher(batcher, body))
+    assert len(results) == 8
+    assert [len(b) for b in run.batches] == [2, 1, 5]
+
+
+def test_at_least_one_batch_at_a_time() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        make_batcher(Recorder(), at_once=0)
 
 
 def test_different_models_and_time_steps_never_share_a_batch() -> None:
@@ -207,15 +255,16 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
     assert asyncio.run(_with_batcher(batcher, body)).probabilities == (1.0,)
 
 
-def test_stop_fails_queued_requests_and_submit_before_start_is_refused() -> None:
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_stop_fails_queued_requests_and_submit_before_start_is_refused(at_once: int) -> None:
     run = Recorder(compute_s=0.2)
-    batcher = make_batcher(run, size=1, delay_ms=0)
+    batcher = make_batcher(run, size=1, delay_ms=0, at_once=at_once)
 
     async def body() -> list[object]:
         with pytest.raises(WorkerUnavailableError):
             await batcher.submit(make_request(0))
         await batcher.start()
-        tasks = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(3)]
+        tasks = [asyncio.create_task(batcher.submit(make_request(i))) for i in range(2 + at_once)]
         await asyncio.sleep(0.05)
         assert batcher.depth() == 2
         assert batcher.depth_by_model() == {"m": 2}
@@ -223,5 +272,5 @@ def test_stop_fails_queued_requests_and_submit_before_start_is_refused() -> None
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     outcomes = asyncio.run(body())
-    assert isinstance(outcomes[0], InferenceResult | WorkerUnavailableError)
-    assert all(isinstance(o, WorkerUnavailableError) for o in outcomes[1:])
+    assert all(isinstance(o, InferenceResult | WorkerUnavailableError) for o in outcomes[:at_once])
+    assert all(isinstance(o, WorkerUnavailableError) for o in outcomes[at_once:])
