@@ -172,6 +172,7 @@ def start_spikeserve(root: Path, model: str, body: bytes, args: argparse.Namespa
         "SPIKESERVE_MAX_DELAY_MS": str(args.max_delay_ms),
         "SPIKESERVE_NEURON_BACKEND": args.backend,
         "SPIKESERVE_TORCH_THREADS": str(args.torch_threads),
+        "SPIKESERVE_CONCURRENT_BATCHES": str(args.concurrent_batches),
     }
     server = ServerProcess(root, env=env, args=["--models", model])
     started = time.monotonic()
@@ -406,6 +407,13 @@ def main() -> int:
         help="torch threads of every server process (default 1: on a busy 2-core machine two OpenMP "
         "threads wait on each other for whole scheduler slices)",
     )
+    parser.add_argument(
+        "--concurrent-batches",
+        type=int,
+        default=1,
+        help="spikeserve's batches at once (default 1; 2 with one torch thread each uses both cores of "
+        "this machine for the network, as TorchServe's two workers do)",
+    )
     parser.add_argument("--skip", nargs="*", default=[], help="peers to leave out: torchserve, litserve")
     args = parser.parse_args()
     why = torchserve_available()
@@ -418,7 +426,8 @@ def main() -> int:
     print(f"# machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, load average {load}")
     print(f"# model: {args.model} from {args.registry}; {DIGITS} held-out MNIST-5k digits as PNG, in turn")
     print(f"# max batch {args.max_batch_size}, delay {args.max_delay_ms} ms, neuron backend {args.backend}, "
-          f"{args.torch_threads} torch thread(s) per process; "
+          f"{args.torch_threads} torch thread(s) per process, "
+          f"spikeserve {args.concurrent_batches} batch(es) at once; "
           f"{args.rounds} rounds of {args.seconds:.0f} s per server and client count")  # fmt: skip
     peers: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as scratch_dir:
