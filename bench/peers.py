@@ -410,9 +410,9 @@ def main() -> int:
     parser.add_argument(
         "--concurrent-batches",
         type=int,
-        default=1,
-        help="spikeserve's batches at once (default 1; 2 with one torch thread each uses both cores of "
-        "this machine for the network, as TorchServe's two workers do)",
+        default=2,
+        help="spikeserve's batches at once (default 2: with one torch thread each, the network uses both "
+        "cores of this machine, as TorchServe's two workers do; 1 for the server's own default)",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="peers to leave out: torchserve, litserve")
     args = parser.parse_args()
