@@ -6,9 +6,12 @@ of its own, and unless ``torch_threads`` says otherwise gives each an even share
 the threads of one op then no longer wait on each other at every barrier (GNU OpenMP spins while
 it waits), and a core is no longer idle while a batch thread is in Python or waiting for the GIL.
 The price is smaller batches under the same load (a closed loop of 32 clients formed batches of
-about 10 instead of 16), which cost more per answer: on danet-mnist on two busy cores two batches
-at once answered about as many requests for about 5% more CPU each (docs/PERFORMANCE.md,
-"Serving"), so it stays an option to measure on the machine it is meant for.
+about 10 instead of 16), which cost more per answer. On danet-mnist on two cores (docs/PERFORMANCE.md,
+"Per answer"): against torch's default (two threads, one batch) two batches of one thread each
+answered about as many requests for 3 to 5% more CPU each; against one batch of one thread (the
+setting the peers are compared at) they answered about 1.5x as many on a quieter machine (two short
+runs one after the other). So the
+default stays one batch, and a process limited to one thread per batch should run two.
 
 torch-free: the caller applies ``torch_threads`` (``torch.set_num_threads``).
 """
