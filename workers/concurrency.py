@@ -10,8 +10,8 @@ about 10 instead of 16), which cost more per answer. On danet-mnist on two cores
 "Per answer"): against torch's default (two threads, one batch) two batches of one thread each
 answered about as many requests for 3 to 5% more CPU each; against one batch of one thread (the
 setting the peers are compared at) they answered about 1.5x as many on a quieter machine (two short
-runs one after the other). So the
-default stays one batch, and a process limited to one thread per batch should run two.
+runs one after the other). So the default stays one batch, and a process limited to one thread
+per batch should run two.
 
 torch-free: the caller applies ``torch_threads`` (``torch.set_num_threads``).
 """
