@@ -77,7 +77,9 @@ class SeqLinear(nn.Linear):
             macs_per_step = rows_per_step * self.in_features * self.out_features
             kind = self.analog_input if analog_input is None else analog_input
             sops = (
-                None if fed_by_real_values(kind, x) else linear_synaptic_ops(self, recorder.input_events(x))
+                None
+                if fed_by_real_values(kind, x)
+                else linear_synaptic_ops(self, x, recorder.input_events(x))
             )
             recorder.record_synapse(self, macs_per_step, steps, sops)
         return y

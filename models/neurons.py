@@ -85,8 +85,6 @@ class MultiStepNeuron(nn.Module):
             v_init=v_init,
             return_v=streaming,
             count_spikes=recorder is not None,
-            # a conv's input [T, B, C, H, W]: the conv reading these spikes wants them per position
-            map_channels=x.shape[2] if recorder is not None and x.dim() == 5 else 0,
         )
         if step_state is not None and result.v is not None:
             step_state.membranes[id(self)] = result.v.detach()
@@ -96,7 +94,7 @@ class MultiStepNeuron(nn.Module):
             recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)
         out = result.out.reshape(x.shape)
         if recorder is not None and result.spike_count is not None and not self.analog_output:
-            recorder.remember_spikes(out, result.spike_count, result.spike_map)
+            recorder.remember_spikes(out, result.spike_count)
         return out
 
     def extra_repr(self) -> str:

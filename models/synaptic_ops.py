@@ -4,41 +4,29 @@
   event reaches all ``out_features``; a conv's event at (h, w) reaches ``C_out / groups`` channels
   times the output positions whose receptive field covers (h, w), which zero padding, stride and
   dilation make smaller at the borders (and uneven under a stride). That per-position fan-out is
-  a property of the layer's geometry alone, computed once per input size and cached.
+  a property of the layer's geometry alone, computed once per input size and kept on the layer.
 - nominal: the SNN papers' convention, input event rate x T x the layer's MACs, which assumes
   every event reaches the full fan-out. It reads high wherever padding cuts the fan-out (up to a
   third on a 4x4 map under a 3x3 kernel); it is kept to compare with published energy tables.
 
 An input value of 2 (a SEW sum of two coinciding spikes) is two events: counts are sums, not
 counts of non-zeros. Cost: where the fan-out is the same everywhere (a 1x1 stride-1 conv) the
-exact count is the event total (which the neuron that fired the input already counted) times it.
-Elsewhere it needs the events per input position: the eager LIF neuron that fired the input
-reduces its spikes to that [B, H*W] map in the pass that counts them, so the conv weights a small
-map by its fan-out map; an input whose per-position counts nobody kept (a fused neuron backend,
-a SEW sum) costs one matrix-vector product of the input, [T*B*C, H*W] x the fan-out map, the
-cheapest single pass over it on a CPU. The fan-out map of a geometry on an input size is prepared
-once and cached.
+exact count is the event total (which the neuron that fired the input already counted) times it;
+elsewhere it is one matrix-vector product of the input with the fan-out map, one row per step and
+sample, [T*B, C*H*W] x [C*H*W] (the map repeated over the channels): the cheapest single pass over
+the input found on a CPU, about half the time of a product per channel followed by a sum over
+channels, and a fraction of any per-position reduction or gather of border positions. Where a row's
+sum could pass 2**24 (float32 stops counting exactly there) the product runs per channel and the
+channels add up in float64.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-
-class InputEvents(NamedTuple):
-    """A synaptic layer's input activity, as far as it is known before the layer counts.
-
-    total: [B] events per sample (int64 or float32); per_position: [B, H*W] events per input
-    position summed over steps and channels (float), when the neuron that fired them had it.
-    """
-
-    total: torch.Tensor
-    per_position: torch.Tensor | None
 
 
 class SynapticOps(NamedTuple):
@@ -52,37 +40,32 @@ class SynapticOps(NamedTuple):
         return SynapticOps(self.exact[:batch].clone(), self.nominal[:batch].clone())
 
 
-def linear_synaptic_ops(linear: nn.Linear, events: InputEvents) -> SynapticOps:
-    """Each event of the input reaches every output."""
-    count = events.total.to(torch.float64) * linear.out_features
+def linear_synaptic_ops(linear: nn.Linear, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
+    """x: [T, B, ..., in] events; events: [B] their total. Each event reaches every output."""
+    count = events.to(torch.float64) * linear.out_features
     return SynapticOps(count, count)
 
 
 def conv_synaptic_ops(
-    conv: nn.Conv2d, x: torch.Tensor, events: InputEvents, out_size: tuple[int, int]
+    conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor, out_size: tuple[int, int]
 ) -> SynapticOps:
-    """x: [T, B, C_in, H, W] events; events: what is known of them; out_size: the conv's (H', W')."""
-    height, width = x.shape[-2:]
-    plan = _conv_plan(_geometry(conv), height, width, out_size, x.device)
-    total = events.total.to(torch.float64)
+    """x: [T, B, C_in, H, W] events; events: [B] their total; out_size: the conv's (H', W')."""
+    plan = _plan(conv, x, out_size)
+    total = events.to(torch.float64)
     nominal = total * plan.nominal_per_event
-    per_position = events.per_position
     if plan.padded:
-        if per_position is None:
-            per_position = x.detach().sum(dim=(0, 2), dtype=torch.float32)
-        per_position = per_position.reshape(-1, 1, height, width)
-        return SynapticOps(_padded_count(conv, per_position) * plan.channels_reached, nominal)
-    if plan.fanout is None:  # every position reaches the same number of outputs
+        return SynapticOps(_padded_count(conv, x) * plan.channels_reached, nominal)
+    if plan.weights is None:  # every position reaches the same number of outputs
         return SynapticOps(total * plan.full_per_event, nominal)
-    if per_position is not None:
-        # in float64: a sum over a whole map may pass 2**24, where float32 stops counting exactly
-        reached_map = per_position.to(torch.float64) @ plan.fanout.to(torch.float64)  # [B]
-        return SynapticOps(reached_map * plan.channels_reached, nominal)
-    # fan-out counts are small integers, exact in any float type; sums of products stay exact in
-    # float32 (products summed over one map < 2**24), then add up over time and channels in float64
-    flat = x.flatten(3) if x.dtype in (torch.float32, torch.float64) else x.flatten(3).float()
-    reached = flat @ plan.fanout.to(flat.dtype)  # [T, B, C]
-    return SynapticOps(reached.sum(dim=(0, 2), dtype=torch.float64) * plan.channels_reached, nominal)
+    steps, batch = x.shape[0], x.shape[1]
+    values = x.detach() if x.dtype == plan.weights.dtype else x.detach().float()
+    if plan.weights.numel() > x.shape[-1] * x.shape[-2]:  # the map repeated over the channels
+        weighted = torch.mv(values.reshape(steps * batch, -1), plan.weights)  # [T*B]
+        reached = weighted.view(steps, batch).sum(dim=0, dtype=torch.float64)
+    else:  # one row per channel: a row's sum stays exact in float32, the channels add up in float64
+        weighted = torch.mv(values.reshape(-1, plan.weights.numel()), plan.weights)  # [T*B*C]
+        reached = weighted.view(steps, batch, -1).sum(dim=(0, 2), dtype=torch.float64)
+    return SynapticOps(reached * plan.channels_reached, nominal)
 
 
 class _Geometry(NamedTuple):
@@ -111,16 +94,38 @@ def _geometry(conv: nn.Conv2d) -> _Geometry:
 
 
 class _ConvPlan(NamedTuple):
-    """What a conv of one geometry needs to count SOPs on one input size, prepared once."""
+    """What a conv needs to count SOPs on one input size, prepared once.
+
+    ``weights``: None where the fan-out is the same everywhere; else the fan-out of every input
+    position, float32, [C*H*W] (repeated over the input channels) or [H*W] (one channel).
+    """
 
     channels_reached: int
     nominal_per_event: float
     full_per_event: float  # outputs an event reaches where nothing cuts its fan-out
     padded: bool  # a non-zero padding mode: count through the padded copies
-    fanout: torch.Tensor | None  # [H*W] float32: output positions each input position reaches
+    weights: torch.Tensor | None
 
 
-@functools.lru_cache(maxsize=4096)
+# float32 counts exactly up to 2**24; a row of the product sums at most C*H*W products of an input
+# value (a spike, or a SEW sum of a few) and a fan-out, so rows up to a quarter of that are safe
+_EXACT_ROW_LIMIT = 2**22
+
+
+# The plans of one conv, by (input height, width, output size, device). Kept on the layer itself, so
+# that the per-call look-up is one dict access: a conv's geometry is fixed when it is built.
+_PLANS_ATTRIBUTE = "_synaptic_ops_plans"
+
+
+def _plan(conv: nn.Conv2d, x: torch.Tensor, out_size: tuple[int, int]) -> _ConvPlan:
+    key = (x.shape[-2], x.shape[-1], out_size, x.device)
+    plans: dict[tuple[object, ...], _ConvPlan] = conv.__dict__.setdefault(_PLANS_ATTRIBUTE, {})
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _conv_plan(_geometry(conv), x.shape[-2], x.shape[-1], out_size, x.device)
+    return plan
+
+
 def _conv_plan(
     geometry: _Geometry, height: int, width: int, out_size: tuple[int, int], device: torch.device
 ) -> _ConvPlan:
@@ -135,15 +140,18 @@ def _conv_plan(
     cols = _axis_fanout(
         width, kernel_w, geometry.stride[1], geometry.pad_before[1], geometry.dilation[1], out_size[1]
     )
-    plan = _ConvPlan(channels_reached, nominal, float(rows.full * cols.full * channels_reached), False, None)
+    full = rows.full * cols.full
+    plan = _ConvPlan(channels_reached, nominal, float(full * channels_reached), False, None)
     if geometry.padding_mode != "zeros":
         return plan._replace(padded=True)
     if len(set(rows.counts)) == 1 and len(set(cols.counts)) == 1:
         return plan
     fanout = torch.outer(
         torch.tensor(rows.counts, dtype=torch.float32), torch.tensor(cols.counts, dtype=torch.float32)
-    )
-    return plan._replace(fanout=fanout.flatten().to(device))
+    ).flatten()
+    if geometry.in_channels * fanout.numel() * full <= _EXACT_ROW_LIMIT:
+        fanout = fanout.repeat(geometry.in_channels)
+    return plan._replace(weights=fanout.to(device))
 
 
 class _AxisFanout(NamedTuple):
@@ -163,10 +171,9 @@ def _axis_fanout(
     return _AxisFanout(tuple(counts), max(counts, default=0))
 
 
-def _padded_count(conv: nn.Conv2d, per_position: torch.Tensor) -> torch.Tensor:
-    """Reflect/replicate/circular padding: border events are reached through their copies too.
-
-    per_position: [B, 1, H, W] events summed over steps and channels -> [B] float64."""
+def _padded_count(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Reflect/replicate/circular padding: border events are reached through their copies too."""
+    per_position = x.sum(dim=(0, 2), dtype=torch.float32).unsqueeze(1)  # [B, 1, H, W]
     padded = F.pad(per_position, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
     ones = torch.ones((1, 1, *conv.kernel_size), dtype=padded.dtype, device=padded.device)
     reached = F.conv2d(padded, ones, stride=conv.stride, dilation=conv.dilation)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from models.synaptic_ops import InputEvents, SynapticOps
+from models.synaptic_ops import SynapticOps
 
 E_MAC_PJ = 4.6
 E_AC_PJ = 0.9
@@ -157,23 +157,20 @@ class TelemetryRecorder:
         tally.spikes = counts if tally.spikes is None else tally.spikes + counts
         tally.time_steps += time_steps
 
-    def remember_spikes(
-        self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor, spike_map: torch.Tensor | None = None
-    ) -> None:
-        """Keep what a neuron counted of the spike tensor it just returned: x: [T, B, ...], counts
-        [B], and (where its backend gives it) spike_map [B, H*W], the spikes per position.
+    def remember_spikes(self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor) -> None:
+        """Keep the count of the spike tensor a neuron just returned (x: [T, B, ...], counts: [B]).
 
         The synaptic layer that consumes exactly this tensor next (the usual LIF -> conv wiring)
         then reads its input activity from here instead of reducing its input again.
         """
-        self._last_spikes = (weakref.ref(spikes), InputEvents(spikes_per_sample, spike_map))
+        self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
 
-    def input_events(self, x: torch.Tensor) -> InputEvents:
-        """The events of a synaptic layer's input x: [T, B, ...] (``InputEvents``)."""
+    def input_events(self, x: torch.Tensor) -> torch.Tensor:
+        """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] (int64 or float32)."""
         last = getattr(self, "_last_spikes", None)
         if last is not None and last[0]() is x:
             return last[1]  # int64 counts; the SOP count converts once
-        return InputEvents(event_count(x), None)
+        return event_count(x)
 
     def record_synapse(
         self,

@@ -124,7 +124,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def _run_backend(backend: str, x: torch.Tensor, params: dict[str, Any]) -> LIFResult:
     if backend == "torch":
         return reference_multistep_lif(x, **params)
-    params.pop("map_channels", None)  # the fused kernels count per sample only
     if backend == "triton":
         from models.kernels.lif.ops import multistep_lif_triton
 
@@ -154,8 +153,7 @@ def eager_neurons() -> Iterator[None]:
 
 def multistep_lif(x: torch.Tensor, *, backend: str = "torch", **params: Any) -> LIFResult:
     """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params;
-    the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes). ``map_channels``
-    is a request: only the ``torch`` backend returns a ``spike_map``."""
+    the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes)."""
     if not torch.compiler.is_compiling() and getattr(_EAGER, "active", False):
         params.pop("spike_dtype", None)
         return reference_multistep_lif(x, **params)

@@ -37,14 +37,11 @@ class SigmoidSurrogateSpike(torch.autograd.Function):
 class LIFResult:
     """out: [T, B, F] spikes (or ReLU(H) when analog); v: [B, F] float32 (float64 for float64 x)
     final membrane or None;
-    spike_count: [B] int64 spikes per sample or None;
-    spike_map: [B, P] float spikes per position (summed over the steps and the ``map_channels``
-    channels of F = channels x P), where asked for and the backend has it; else None."""
+    spike_count: [B] int64 spikes per sample or None."""
 
     out: torch.Tensor
     v: torch.Tensor | None
     spike_count: torch.Tensor | None
-    spike_map: torch.Tensor | None = None
 
 
 def multistep_lif(
@@ -60,16 +57,12 @@ def multistep_lif(
     v_init: torch.Tensor | None = None,
     return_v: bool = False,
     count_spikes: bool = False,
-    map_channels: int = 0,
 ) -> LIFResult:
     """Run T steps of LIF over x: [T, B, F] (any float dtype; computed in float32, or in float64
     for float64 input so that fused kernels' gradients can be checked in float64).
 
     inv_tau: 1/tau as a float, or a 0-d tensor (PLIF: sigmoid(w), gradient flows to w).
     v_init: [B, F] membrane to start from (streaming), else V_reset (0 for soft reset).
-    map_channels: with count_spikes, F = map_channels x P (a conv layer's [C, H*W]): also return
-    the spikes per position, which is what the conv that reads them needs for its exact synaptic
-    operations (models/synaptic_ops.py), from the same pass that counts them.
     """
     steps = x.shape[0]
     rest = 0.0 if v_reset is None else v_reset
@@ -100,15 +93,7 @@ def multistep_lif(
             v = h * (1.0 - spike_for_reset) + v_reset * spike_for_reset
         outs.append(torch.relu(h) if analog_output else spike)
     stacked = torch.stack(outs)  # [T, B, F] in the compute dtype, so the counts below are exact
-    spike_map = None
     if count_spikes and not analog_output:
-        if map_channels and stacked.dim() == 3:
-            # over channels, then steps: a [B, P] map in about the time of a count straight to [B]
-            # (a reduction over (0, 2) of [T, B, C, P] at once is several times slower on a CPU)
-            batch = stacked.shape[1]
-            spike_map = stacked.detach().view(steps, batch, map_channels, -1).sum(dim=2).sum(dim=0)
-            counts = spike_map.sum(dim=1).to(torch.int64)
-        else:
-            counts = stacked.detach().sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
+        counts = stacked.detach().sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
     out = stacked.to(x.dtype)
-    return LIFResult(out=out, v=v if return_v else None, spike_count=counts, spike_map=spike_map)
+    return LIFResult(out=out, v=v if return_v else None, spike_count=counts)

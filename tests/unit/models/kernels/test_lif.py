@@ -154,30 +154,3 @@ def test_the_reference_without_autograd_fires_exactly_as_with_it(
     assert got.spike_count is not None and expected.spike_count is not None
     assert torch.equal(got.spike_count, expected.spike_count)
     assert expected.out[0, :, :7].min() > 0  # the threshold case fired
-
-
-def test_the_reference_maps_spikes_per_position_in_the_pass_that_counts_them() -> None:
-    """map_channels: F = C x P; the [B, P] map sums the steps and channels, the counts agree."""
-    x = 2 * torch.rand(3, 2, 4 * 5, generator=torch.Generator().manual_seed(1))
-    result = reference(x, inv_tau=0.5, count_spikes=True, map_channels=4)
-    assert result.spike_map is not None and result.spike_map.shape == (2, 5)
-    assert torch.equal(result.spike_map, result.out.view(3, 2, 4, 5).sum(dim=(0, 2)))
-    assert torch.equal(result.spike_count, result.out.sum(dim=(0, 2)).to(torch.int64))
-    assert reference(x, inv_tau=0.5, count_spikes=True).spike_map is None  # not asked for
-
-
-def test_the_map_request_reaches_the_reference_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fused backends count per sample; asked for a map they are not handed the keyword."""
-    import models.kernels.lif.inductor as inductor
-
-    seen: dict[str, object] = {}
-
-    def fake_inductor(x: torch.Tensor, **params: object) -> lif.LIFResult:
-        seen.update(params)
-        return lif.LIFResult(out=x, v=None, spike_count=None)
-
-    monkeypatch.setattr(inductor, "multistep_lif_inductor", fake_inductor)
-    lif._run_backend(
-        "inductor", torch.rand(2, 1, 6), {"inv_tau": 0.5, "count_spikes": True, "map_channels": 2}
-    )
-    assert "map_channels" not in seen and seen["count_spikes"] is True

@@ -1,0 +1,51 @@
+"""models/synaptic_ops.py: each way of counting a conv's exact SOPs against a brute-force count.
+
+The brute force: every output position of the conv counts the input events inside its receptive
+field (a convolution of the per-position event count with a ones kernel, the definition), times
+the output channels each event reaches. The network-level recount is test_telemetry_recount.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.synaptic_ops import conv_synaptic_ops
+from models.telemetry import event_count
+
+
+def brute_force(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """x: [T, B, C, H, W] events -> [B] float64 exact SOPs."""
+    per_position = x.sum(dim=(0, 2), dtype=torch.float64).unsqueeze(1)  # [B, 1, H, W]
+    ones = torch.ones((1, 1, *conv.kernel_size), dtype=torch.float64)
+    reached = F.conv2d(per_position, ones, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    return reached.sum(dim=(1, 2, 3)) * (conv.out_channels // conv.groups)
+
+
+GEOMETRIES = {
+    "3x3 same": dict(kernel_size=3, padding=1),
+    "3x3 same, groups 2": dict(kernel_size=3, padding=1, groups=2),
+    "1x3 same": dict(kernel_size=(1, 3), padding=(0, 1)),
+    "3x3 stride 2": dict(kernel_size=3, padding=1, stride=2),
+    "5x5 padding 2 (two cut rows a side)": dict(kernel_size=5, padding=2),
+    "3x3 dilation 2, padding 2": dict(kernel_size=3, padding=2, dilation=2),
+    "3x3 no padding": dict(kernel_size=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("size", [(8, 8), (9, 13), (28, 28), (5, 6)])
+@pytest.mark.parametrize("in_channels", [4, 600])  # 600 x 28 x 28 x 9 > 2**22: a row per channel
+@pytest.mark.parametrize("steps", [1, 3])
+def test_exact_count_equals_the_brute_force(
+    name: str, size: tuple[int, int], steps: int, in_channels: int
+) -> None:
+    torch.manual_seed(steps)
+    conv = nn.Conv2d(in_channels, 6, **GEOMETRIES[name])
+    x = torch.randint(0, 3, (steps, 2, in_channels, *size)).float()  # 2 = a SEW sum of two spikes
+    x[..., 0, 0] = 2.0  # a busy corner
+    out = conv(x.flatten(0, 1)).shape[-2:]
+    sops = conv_synaptic_ops(conv, x, event_count(x), (out[0], out[1]))
+    assert torch.equal(sops.exact, brute_force(conv, x))
