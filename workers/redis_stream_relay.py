@@ -56,7 +56,7 @@ class _Pin:
 
 
 @dataclass
-class _Waiting:
+class _PendingWindow:
     worker_id: str
     future: asyncio.Future[StreamAnswer]
 
@@ -83,7 +83,7 @@ class StreamRelay:
         self._live_workers = live_workers
         self.window_timeout_s = window_timeout_s
         self._pins: dict[str, _Pin] = {}
-        self._waiting: dict[tuple[str, int], _Waiting] = {}
+        self._waiting: dict[tuple[str, int], _PendingWindow] = {}
         self.duplicate_answers = 0  # answers dropped: late, from a worker the session had left
         self._forgetting: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.moves = 0
@@ -185,7 +185,7 @@ class StreamRelay:
         key = (session_id, seq)
         future: asyncio.Future[StreamAnswer] = asyncio.get_running_loop().create_future()
         # registered before the XADD: a fast worker can answer before XADD's reply reaches us
-        self._waiting[key] = _Waiting(worker_id, future)
+        self._waiting[key] = _PendingWindow(worker_id, future)
         try:
             await self._send(worker_id, op, payload)
             try:

@@ -1,9 +1,10 @@
 """The web console at /ui/, clicked through in a real headless chromium against a real server process.
 
-The server runs a copy of the bundled zoo (danet-mnist, spikeformer-nmnist), so a drawn "1" must come
-back as "1". Each flow asserts on what the page shows: labels, numbers that equal the API's own
-answer, chart elements, frame counts that equal the server's binning of the same file, and a
-browser console without errors. Screenshots of each view go to docs/img/ (shown in the README).
+The server runs a copy of the bundled zoo (danet-mnist, danet-nmnist, spikeformer-nmnist), so a
+drawn "1" must come back as "1". Each flow asserts on what the page shows: labels, numbers that
+equal the API's own answer, chart elements, frame counts that equal the server's binning of the
+same file, and a browser console without errors. Screenshots of each view go to docs/img/ (shown
+in the README).
 """
 
 from __future__ import annotations
@@ -59,12 +60,18 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         driver.quit()
 
 
-def open_view(browser: Any, server: ServerProcess, view: str) -> None:
+def open_view(browser: Any, server: ServerProcess, view: str, model: str | None = None) -> None:
+    """Load the console at ``view``; ``model``: choose it in the view's model list (the zoo has two
+    event models, and the list starts at the first by name)."""
     browser.get(f"{server.url}/ui/#{view}")
     browser.refresh()  # a hash change alone would keep the previous page's state
     wait_for(
         lambda: browser.execute_script("return document.body.dataset.ready") == "true", 60, "the console"
     )
+    if model is not None:
+        from selenium.webdriver.support.ui import Select
+
+        Select(by_id(browser, f"{view}-model")).select_by_value(model)
     console_errors(browser)  # start each flow with an empty log
 
 
@@ -123,7 +130,9 @@ def test_the_start_page_links_to_the_console_which_loads_only_from_this_server(b
     )
     assert browser.current_url.startswith(f"{server.url}/ui/")
     assert [tab.text for tab in css(browser, "#tabs a")] == ["Classify", "Events", "Live", "Models"]
-    assert "ready: danet-mnist:1, spikeformer-nmnist:1" in by_id(browser, "server-status").text
+    assert (
+        "ready: danet-mnist:1, danet-nmnist:1, spikeformer-nmnist:1" in by_id(browser, "server-status").text
+    )
     # offline: every script, stylesheet and API call went to this server, nowhere else
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(url.startswith(server.url) for url in resources), resources
@@ -220,7 +229,7 @@ def test_early_exit_shows_the_steps_the_server_ran(browser, server, tmp_path):
     assert console_errors(browser) == []
 
     # a model that attends across time cannot stop early: the server's reason, in the page
-    open_view(browser, server, "events")
+    open_view(browser, server, "events", EVENTS_MODEL)
     by_id(browser, "events-exit").click()
     recording = tmp_path / "random.npy"
     rng = np.random.default_rng(5)
@@ -273,7 +282,7 @@ def page_frame_totals(browser: Any) -> list[list[int]]:
 def test_a_real_recording_plays_as_the_frames_the_network_receives(
     browser, server, shared_data, file_name, fmt, fit
 ):
-    open_view(browser, server, "events")
+    open_view(browser, server, "events", EVENTS_MODEL)
     recording = Path(shared_data) / file_name
     by_id(browser, "events-fit").send_keys("crop (centre)" if fit == "crop" else "refuse")
     by_id(browser, "events-file").send_keys(str(recording))
@@ -347,7 +356,7 @@ def test_every_format_the_page_decodes_gives_the_servers_frames(browser, server,
     data, name = synthetic_recording(kind)
     recording = tmp_path / name
     recording.write_bytes(data)
-    open_view(browser, server, "events")
+    open_view(browser, server, "events", EVENTS_MODEL)
     by_id(browser, "events-file").send_keys(str(recording))
     wait_for(
         lambda: shown(browser, "events-result") and shown(browser, "events-movie-card"), 60, "the answer"
@@ -367,7 +376,7 @@ def test_a_recording_the_page_cannot_decode_is_still_classified(browser, server,
     data, name = synthetic_recording("zstd")
     recording = tmp_path / name
     recording.write_bytes(data)
-    open_view(browser, server, "events")
+    open_view(browser, server, "events", EVENTS_MODEL)
     by_id(browser, "events-file").send_keys(str(recording))
     wait_for(lambda: shown(browser, "events-result"), 60, "the answer")
     assert not shown(browser, "events-movie-card")
@@ -378,7 +387,7 @@ def test_a_recording_the_page_cannot_decode_is_still_classified(browser, server,
 
 
 def test_live_replays_a_real_recording_as_a_stream_in_real_time(browser, server, shared_data, tmp_path):
-    open_view(browser, server, "live")
+    open_view(browser, server, "live", EVENTS_MODEL)
     assert by_id(browser, "live-steps").get_attribute("value") == "1"  # the stream route's default
     recording = Path(shared_data) / "nmnist_sample.bin"  # 4,325 events over 311 ms
     started = browser.execute_script("return performance.now()")
@@ -439,7 +448,7 @@ def test_an_npy_recording(browser, server, tmp_path):
     )
     recording = tmp_path / "random.npy"
     recording.write_bytes(write_npy(events))
-    open_view(browser, server, "events")
+    open_view(browser, server, "events", EVENTS_MODEL)
     by_id(browser, "events-file").send_keys(str(recording))
     wait_for(lambda: shown(browser, "events-result"), 60, "the answer")
     assert page_frame_totals(browser) == server_frame_totals(server, recording.read_bytes(), "npy", None)
@@ -467,7 +476,7 @@ def test_models_view_reads_and_manages_the_registry_with_a_tab_only_token(browse
     assert browser.execute_script("return localStorage.length") == 0
     assert by_id(browser, "admin-token").get_attribute("value") == ""  # not left in the form
     rows = {row.get_attribute("data-model") for row in css(browser, "tr[data-model]")}
-    assert rows == {IMAGE_MODEL, EVENTS_MODEL}
+    assert rows == {IMAGE_MODEL, "danet-nmnist", EVENTS_MODEL}
     assert "@production → 1" in css(browser, f"tr[data-model='{IMAGE_MODEL}']")[0].text
 
     css(browser, f"tr[data-model='{IMAGE_MODEL}'] button")[0].click()
