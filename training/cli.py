@@ -20,8 +20,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry.cli import DEFAULT_REGISTRY, ENV_REGISTRY, registry_root
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SPLIT_CHOICES = ("train", "val", "test")
 
@@ -90,13 +94,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     emulate = subparsers.add_parser(
         "emulate",
-        help="write an N-MNIST-style recording of an MNIST-5k digit",
-        description="Emulate an event camera's three saccades over one MNIST-5k digit (.bin or .aedat4).",
+        help="write an N-MNIST-style recording of an MNIST-5k digit (or the digit as a PNG)",
+        description="Emulate an event camera's three saccades over one MNIST-5k digit (.bin or .aedat4); "
+        "with a .png output, write the digit itself, the input of an image model.",
     )
     emulate.add_argument("--split", default="test", choices=SPLIT_CHOICES)
     emulate.add_argument("--position", type=int, default=0, help="which digit of the split (0-based)")
     emulate.add_argument("--seed", type=int, help="emulation seed (default: the data set's)")
-    emulate.add_argument("-o", "--output", type=Path, required=True, help="FILE.bin (N-MNIST) or FILE.aedat4")
+    emulate.add_argument(
+        "-o", "--output", type=Path, required=True, help="FILE.bin (N-MNIST), FILE.aedat4 or FILE.png"
+    )
     emulate.set_defaults(handler=_emulate)
 
 
@@ -237,6 +244,8 @@ def _emulate(args: argparse.Namespace) -> int:
         return _fail(
             "emulate", ValueError(f"--position must be in 0..{len(index) - 1} for split {args.split}")
         )
+    if args.output.suffix.lower() == ".png":
+        return _write_digit_png(images[args.position], int(labels[args.position]), args.output)
     seed = EMULATION_SEED if args.seed is None else args.seed
     chosen = slice(args.position, args.position + 1)
     events = emulate_batch(images[chosen], seed=seed, indices=index[chosen])[0]
@@ -248,4 +257,16 @@ def _emulate(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: digit {labels[args.position]}, {len(events)} events over {duration_ms:.0f} ms"
     )
+    return 0
+
+
+def _write_digit_png(image: np.ndarray, label: int, output: Path) -> int:
+    """image: [28, 28] uint8, written as an 8-bit greyscale PNG (what the image route decodes)."""
+    from PIL import Image
+
+    try:
+        Image.fromarray(image, mode="L").save(output, format="PNG")
+    except OSError as exc:
+        return _fail("emulate", exc)
+    print(f"wrote {output}: digit {label}, 28x28 greyscale")
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from registry.registry import Registry
 from service.cli import main
@@ -151,3 +153,15 @@ def test_emulate_command_writes_a_recording_the_readers_accept(tmp_path, capsys)
     assert recording.sensor_size == (34, 34) and len(recording.events) > 500
     assert main(["emulate", "--position", "5000", "-o", str(target)]) == 1
     assert main(["emulate", "-o", str(tmp_path / "digit.txt")]) == 1
+
+
+def test_emulate_writes_the_digit_itself_as_a_png_for_the_image_route(tmp_path, capsys) -> None:
+    from training.datasets import mnist5k
+
+    target = tmp_path / "digit.png"
+    assert main(["emulate", "--split", "test", "--position", "3", "-o", str(target)]) == 0
+    assert "digit" in capsys.readouterr().out
+    images, _, _ = mnist5k("test")
+    with Image.open(target) as png:
+        assert png.mode == "L" and png.size == (28, 28)
+        assert np.array_equal(np.asarray(png), images[3])
