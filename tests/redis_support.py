@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,31 @@ def wait_for_workers(base: str, ids: set[str], workers: list[Service], timeout_s
         return ids <= {w["id"] for w in live_workers(base)}
 
     wait_until(listed, timeout_s, f"workers {sorted(ids)} heartbeating", interval_s=0.25)
+
+
+@contextmanager
+def gateway_and_workers(
+    registry: Path,
+    label: str,
+    log_dir: Path,
+    models: list[str],
+    gateway_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+    worker_ids: tuple[str, ...] = ("w1", "w2"),
+) -> Iterator[tuple[str, str, dict[str, Service]]]:
+    """(gateway URL, key prefix, workers by id): a gateway in Redis mode and its workers, all
+    listed by the gateway, on a key prefix of their own; stopped and their keys deleted after."""
+    with own_key_prefix(label) as prefix, ExitStack() as stack:
+        gateway, base = start_gateway(registry, REDIS_URL, prefix, log_dir, gateway_env)
+        stack.callback(gateway.stop)
+        workers = {}
+        for worker_id in worker_ids:
+            workers[worker_id] = start_worker(
+                registry, REDIS_URL, prefix, log_dir, worker_id, models, env=worker_env
+            )
+            stack.callback(workers[worker_id].stop)
+        wait_for_workers(base, set(worker_ids), list(workers.values()))
+        yield base, prefix, workers
 
 
 def npy_bytes(array: Any) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import numpy as np
@@ -34,3 +35,16 @@ def softmax(logits: Any) -> np.ndarray:
     values = np.asarray(logits, dtype=np.float64)
     exp = np.exp(values - values.max())
     return exp / exp.sum()
+
+
+def receive(ws: Any, count: int) -> list[dict[str, Any]]:
+    """The next ``count`` server messages of a stream (60 s each at most: a worker may be loading)."""
+    return [json.loads(ws.recv(timeout=60)) for _ in range(count)]
+
+
+def receive_until_closed(ws: Any) -> list[dict[str, Any]]:
+    """Every server message up to and with the ``closed`` one."""
+    messages: list[dict[str, Any]] = []
+    while not messages or messages[-1]["type"] != "closed":
+        messages.extend(receive(ws, 1))
+    return messages

@@ -13,15 +13,14 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import redis
-from redis_support import REDIS_URL, Service, start_gateway, start_worker, wait_for_workers, wait_until
+from redis_support import REDIS_URL, Service, gateway_and_workers, wait_for_workers, wait_until
 from service_support import ADMIN, make_client, wait_ready
-from stream_support import chunks_before, nmnist_in_1ms_chunks, softmax
+from stream_support import chunks_before, nmnist_in_1ms_chunks, receive, receive_until_closed, softmax
 from tiny_zoo import EVENTS_INPUT, register_event_danet
 from websockets.sync.client import connect
 
@@ -50,45 +49,14 @@ def cluster(
     stream_registry: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str, dict[str, Service]]]:
     """(gateway URL, key prefix, workers by id): a gateway in Redis mode and workers w1, w2."""
-    import uuid
-
-    prefix = f"test-streams-{uuid.uuid4().hex[:8]}"
     logs = Path(tmp_path_factory.mktemp("redis-stream-logs"))
-    client = redis.Redis.from_url(REDIS_URL)
-    with contextlib.ExitStack() as stack:
-        stack.callback(client.close)
-
-        def forget_keys() -> None:
-            for key in client.scan_iter(f"{prefix}:*"):
-                client.delete(key)
-
-        stack.callback(forget_keys)
-        gateway, base = start_gateway(stream_registry, REDIS_URL, prefix, logs, {**FAST_BEATS, **ROOMY})
-        stack.callback(gateway.stop)
-        workers = {}
-        for worker_id in ("w1", "w2"):
-            workers[worker_id] = start_worker(
-                stream_registry, REDIS_URL, prefix, logs, worker_id, [WINDOWED], env=FAST_BEATS
-            )
-            stack.callback(workers[worker_id].stop)
-        wait_for_workers(base, {"w1", "w2"}, list(workers.values()))
-        yield base, prefix, workers
+    env = {**FAST_BEATS, **ROOMY}
+    with gateway_and_workers(stream_registry, "streams", logs, [WINDOWED], env, FAST_BEATS) as cluster:
+        yield cluster
 
 
 def stream_url(base: str) -> str:
     return f"{base.replace('http://', 'ws://')}/v1/models/{WINDOWED}/stream?{QUERY}"
-
-
-def receive(ws: Any, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` server messages (60 s each at most: a worker may be loading)."""
-    return [json.loads(ws.recv(timeout=60)) for _ in range(count)]
-
-
-def receive_until_closed(ws: Any) -> list[dict[str, Any]]:
-    messages = []
-    while not messages or messages[-1]["type"] != "closed":
-        messages.extend(receive(ws, 1))
-    return messages
 
 
 def stream_metric(base: str, name: str) -> float:
