@@ -29,6 +29,20 @@ class Flag:
     metavar: str | None = None
 
 
+# How a process that runs networks batches them and uses its cores: the gateway with its embedded
+# worker and a Redis worker take the same flags.
+BATCH_FLAGS: list[Flag] = [
+    Flag("--max-batch-size", "max_batch_size", int, "largest batch (default 32)"),
+    Flag("--max-delay-ms", "max_delay_ms", float, "longest wait for a batch to fill (default 5)"),
+    Flag(
+        "--torch-threads",
+        "torch_threads",
+        int,
+        "torch intra-op threads (default: torch's choice, or an even share of the cores per batch)",
+    ),
+    Flag("--concurrent-batches", "concurrent_batches", int, "batches computed at once (default 1)"),
+]
+
 SERVE_FLAGS: list[Flag] = [
     Flag("--host", "host", str, "address to listen on (default 127.0.0.1)"),
     Flag("--port", "port", int, "port to listen on (default 8000)"),
@@ -43,22 +57,9 @@ SERVE_FLAGS: list[Flag] = [
         "+",
         "REF",
     ),
-    Flag("--max-batch-size", "max_batch_size", int, "largest batch (default 32)"),
-    Flag("--max-delay-ms", "max_delay_ms", float, "longest wait for a batch to fill (default 5)"),
+    *BATCH_FLAGS,
     Flag("--max-queue-size", "max_queue_size", int, "queued requests before 503 (default 1024)"),
     Flag("--request-timeout", "request_timeout_s", float, "seconds before a request gets 504 (default 30)"),
-    Flag(
-        "--torch-threads",
-        "torch_threads",
-        int,
-        "torch intra-op threads (default: torch's choice, or an even share of the cores per batch)",
-    ),
-    Flag(
-        "--concurrent-batches",
-        "concurrent_batches",
-        int,
-        "batches computed at once (default 1)",
-    ),
     Flag("--redis", "redis_url", str, "distributed: send requests to workers via Redis", metavar="URL"),
 ]
 

@@ -32,7 +32,7 @@ log = logging.getLogger("spikeserve.worker")
 
 
 def _worker_flags() -> list[Any]:
-    from service.commands import Flag
+    from service.commands import BATCH_FLAGS, Flag
 
     return [
         Flag(
@@ -53,23 +53,10 @@ def _worker_flags() -> list[Any]:
             "+",
             "NAME",
         ),
-        Flag("--max-batch-size", "max_batch_size", int, "largest batch (default 32)"),
-        Flag("--max-delay-ms", "max_delay_ms", float, "longest wait for a batch to fill (default 5)"),
+        *BATCH_FLAGS,
         Flag("--redis-prefix", "redis_prefix", str, "prefix of every Redis key (default spikeserve)"),
         Flag(
             "--claim-idle-ms", "claim_idle_ms", int, "take over requests a dead worker held this long (5000)"
-        ),
-        Flag(
-            "--torch-threads",
-            "torch_threads",
-            int,
-            "torch intra-op threads (default: torch's choice, or an even share of the cores per batch)",
-        ),
-        Flag(
-            "--concurrent-batches",
-            "concurrent_batches",
-            int,
-            "batches computed at once (default 1)",
         ),
         Flag("--metrics-port", "metrics_port", int, "serve Prometheus /metrics on this port (default: none)"),
     ]
