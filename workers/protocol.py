@@ -37,6 +37,22 @@ def unpack_array(packed: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(packed["data"], dtype=dtype).reshape(packed["shape"])
 
 
+def pack_with_array(message: Any, array_field: str) -> bytes:
+    """A dataclass message whose ``array_field`` holds an ndarray, as msgpack bytes.
+
+    fields() rather than asdict(): asdict deep-copies the array before it is serialised."""
+    payload = {f.name: getattr(message, f.name) for f in fields(message)}
+    payload[array_field] = pack_array(payload[array_field])
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def unpack_with_array(data: bytes, array_field: str) -> dict[str, Any]:
+    """The keyword arguments of the message ``pack_with_array`` wrote."""
+    payload = msgpack.unpackb(data, raw=False)
+    payload[array_field] = unpack_array(payload[array_field])
+    return dict(payload)
+
+
 @dataclass(frozen=True)
 class InferenceRequest:
     """One input for one model version.
@@ -74,16 +90,11 @@ class InferenceRequest:
         return (self.model_name, self.model_version, self.time_steps, self.kind, self.early_exit)
 
     def to_bytes(self) -> bytes:
-        # fields() rather than asdict(): asdict deep-copies the array before we serialise it
-        payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        payload["array"] = pack_array(self.array)
-        return msgpack.packb(payload, use_bin_type=True)
+        return pack_with_array(self, "array")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InferenceRequest:
-        payload = msgpack.unpackb(data, raw=False)
-        payload["array"] = unpack_array(payload["array"])
-        return cls(**payload)
+        return cls(**unpack_with_array(data, "array"))
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ On Redis the three messages travel as msgpack (``to_bytes``/``from_bytes``), arr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import msgpack
 
-from workers.protocol import pack_array, unpack_array
+from workers.protocol import pack_with_array, unpack_with_array
 
 StreamMode = Literal["stateful", "sliding"]
 
@@ -63,16 +63,11 @@ class StreamWindow:
     seq: int = 0
 
     def to_bytes(self) -> bytes:
-        # fields() rather than asdict(): asdict deep-copies the frames before we serialise them
-        payload = {f.name: getattr(self, f.name) for f in fields(self)}
-        payload["frames"] = pack_array(payload["frames"])
-        return msgpack.packb(payload, use_bin_type=True)
+        return pack_with_array(self, "frames")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> StreamWindow:
-        payload = msgpack.unpackb(data, raw=False)
-        payload["frames"] = unpack_array(payload["frames"])
-        return cls(**payload)
+        return cls(**unpack_with_array(data, "frames"))
 
 
 @dataclass(frozen=True)
