@@ -25,7 +25,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from serve import _cpu_count, _load_average, _read_response  # noqa: E402
+from serve import _cpu_count, _load_average, _read_response, git_checkout  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -128,15 +127,7 @@ def baseline_checkout(ref: str | None, into: Path) -> tuple[Path, str]:
             cwd=REPO_ROOT, capture_output=True, text=True, check=True,
         ).stdout.split()  # fmt: skip
         ref = f"{added[-1]}~1" if added else "HEAD"
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    archive = subprocess.run(
-        ["git", "archive", commit], cwd=REPO_ROOT, capture_output=True, check=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into, commit
+    return git_checkout(ref, into)
 
 
 def engine_check(

@@ -36,7 +36,9 @@ import io
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -134,6 +136,19 @@ async def run_load(
     result.seconds = duration_s if duration_s is not None else time.perf_counter() - begin
     result.requests = len(result.latencies_ms) + sum(result.errors.values())
     return result
+
+
+def git_checkout(ref: str, into: Path) -> tuple[Path, str]:
+    """The code of the git ref ``ref``, extracted into ``into``: (folder, short commit)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "archive", commit], cwd=REPO_ROOT, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into, commit
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:

@@ -27,16 +27,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import itertools
 import json
 import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -49,6 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from bench.serve import git_checkout  # noqa: E402
 from eventio import read_events  # noqa: E402
 from eventio.nmnist import write_nmnist  # noqa: E402
 from eventio.npy import write_npy  # noqa: E402
@@ -302,19 +300,6 @@ def random_danet_registry(source: Path, width: int, into: Path) -> Path:
     return into
 
 
-def checkout(ref: str, into: Path) -> tuple[Path, str]:
-    """The code of the git ref ``ref``, extracted into ``into``: (folder, short commit)."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", ref], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    archive = subprocess.run(
-        ["git", "archive", commit], cwd=REPO_ROOT, capture_output=True, check=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(into, filter="data")
-    return into, commit
-
-
 def bench_sessions(args: argparse.Namespace, scratch: Path) -> list[dict[str, Any]]:
     """Every cell on this checkout's server and, with ``--baseline``, on the baseline's, alternately
     (baseline first in odd rounds, this checkout first in even ones) for ``--session-rounds``."""
@@ -332,7 +317,7 @@ def bench_sessions(args: argparse.Namespace, scratch: Path) -> list[dict[str, An
     }
     trees = [("this checkout", REPO_ROOT, env)]
     if args.baseline:
-        folder, commit = checkout(args.baseline, scratch / "baseline")
+        folder, commit = git_checkout(args.baseline, scratch / "baseline")
         settings = dict(item.split("=", 1) for item in args.baseline_env)
         label = " ".join([f"baseline {commit}", *args.baseline_env])
         trees.insert(0, (label, folder, {**env, **settings}))
