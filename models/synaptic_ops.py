@@ -68,31 +68,6 @@ def conv_synaptic_ops(
     return SynapticOps(reached * plan.channels_reached, nominal)
 
 
-class _Geometry(NamedTuple):
-    in_channels: int
-    out_channels: int
-    groups: int
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    pad_before: tuple[int, int]  # (H, W), as nn.Conv2d keeps it for numeric and "same" padding
-    padding_mode: str
-
-
-def _geometry(conv: nn.Conv2d) -> _Geometry:
-    pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice
-    return _Geometry(
-        conv.in_channels,
-        conv.out_channels,
-        conv.groups,
-        (int(conv.kernel_size[0]), int(conv.kernel_size[1])),
-        (int(conv.stride[0]), int(conv.stride[1])),
-        (int(conv.dilation[0]), int(conv.dilation[1])),
-        (int(pad_h), int(pad_w)),
-        conv.padding_mode,
-    )
-
-
 class _ConvPlan(NamedTuple):
     """What a conv needs to count SOPs on one input size, prepared once.
 
@@ -122,35 +97,32 @@ def _plan(conv: nn.Conv2d, x: torch.Tensor, out_size: tuple[int, int]) -> _ConvP
     plans: dict[tuple[object, ...], _ConvPlan] = conv.__dict__.setdefault(_PLANS_ATTRIBUTE, {})
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = _conv_plan(_geometry(conv), x.shape[-2], x.shape[-1], out_size, x.device)
+        plan = plans[key] = _conv_plan(conv, x.shape[-2], x.shape[-1], out_size, x.device)
     return plan
 
 
 def _conv_plan(
-    geometry: _Geometry, height: int, width: int, out_size: tuple[int, int], device: torch.device
+    conv: nn.Conv2d, height: int, width: int, out_size: tuple[int, int], device: torch.device
 ) -> _ConvPlan:
-    kernel_h, kernel_w = geometry.kernel
-    channels_reached = geometry.out_channels // geometry.groups
-    macs_per_step = (geometry.in_channels // geometry.groups) * kernel_h * kernel_w * geometry.out_channels
+    kernel_h, kernel_w = int(conv.kernel_size[0]), int(conv.kernel_size[1])
+    pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice  # as kept for numeric and "same" padding
+    channels_reached = conv.out_channels // conv.groups
+    macs_per_step = (conv.in_channels // conv.groups) * kernel_h * kernel_w * conv.out_channels
     macs_per_step *= out_size[0] * out_size[1]
-    nominal = macs_per_step / (geometry.in_channels * height * width)
-    rows = _axis_fanout(
-        height, kernel_h, geometry.stride[0], geometry.pad_before[0], geometry.dilation[0], out_size[0]
-    )
-    cols = _axis_fanout(
-        width, kernel_w, geometry.stride[1], geometry.pad_before[1], geometry.dilation[1], out_size[1]
-    )
+    nominal = macs_per_step / (conv.in_channels * height * width)
+    rows = _axis_fanout(height, kernel_h, conv.stride[0], int(pad_h), conv.dilation[0], out_size[0])
+    cols = _axis_fanout(width, kernel_w, conv.stride[1], int(pad_w), conv.dilation[1], out_size[1])
     full = rows.full * cols.full
     plan = _ConvPlan(channels_reached, nominal, float(full * channels_reached), False, None)
-    if geometry.padding_mode != "zeros":
+    if conv.padding_mode != "zeros":
         return plan._replace(padded=True)
     if len(set(rows.counts)) == 1 and len(set(cols.counts)) == 1:
         return plan
     fanout = torch.outer(
         torch.tensor(rows.counts, dtype=torch.float32), torch.tensor(cols.counts, dtype=torch.float32)
     ).flatten()
-    if geometry.in_channels * fanout.numel() * full <= _EXACT_ROW_LIMIT:
-        fanout = fanout.repeat(geometry.in_channels)
+    if conv.in_channels * fanout.numel() * full <= _EXACT_ROW_LIMIT:
+        fanout = fanout.repeat(conv.in_channels)
     return plan._replace(weights=fanout.to(device))
 
 
