@@ -6,12 +6,19 @@ forwarded as they arrive, split wherever TCP split them) or a recording replayed
 real time (``--file RECORDING --speed 1.0``; 0 = as fast as possible), sent as ``.npy`` chunks of
 10 ms of events. The gateway's ``WS /v1/models/{ref}/stream`` answers each window; the command
 prints time, top-1, confidence and spike rate, or the answers as JSON lines with ``--json``.
+
+``--compression``: per-message deflate (RFC 7692) shrinks a 10 ms ``.npy`` message of a DVXplorer's
+events to about 40 % of its bytes, for about 1 ms of the client's CPU per message (docs/PERFORMANCE.md,
+live streams). That pays over a slow link, not on this host or a LAN, so ``auto`` (the default)
+sends uncompressed to a gateway whose addresses are all loopback, private or link-local, and
+deflates to any other; ``deflate`` and ``none`` choose outright.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import itertools
 import json
 import os
@@ -56,6 +63,12 @@ def add_commands(subparsers: Any) -> None:
     parser.add_argument("--telemetry", default="summary", choices=("none", "summary", "layers"))
     parser.add_argument("--json", action="store_true", help="print every server message as one JSON line")
     parser.add_argument(
+        "--compression",
+        choices=("auto", "deflate", "none"),
+        default="auto",
+        help="per-message deflate; auto (default): none to a loopback or private-network gateway",
+    )
+    parser.add_argument(
         "--api-key",
         default=os.environ.get("SPIKESERVE_API_KEY"),
         help="API key (default $SPIKESERVE_API_KEY)",
@@ -72,6 +85,19 @@ def stream_url(args: argparse.Namespace, extra: dict[str, Any]) -> str:
         query["fit"] = args.fit
     query.update(extra)
     return f"{scheme}://{parts.netloc}/v1/models/{args.model}/stream?{urlencode(query)}"
+
+
+async def websocket_compression(choice: str, host: str) -> str | None:
+    """``websockets.connect``'s ``compression`` for ``--compression choice`` and the gateway ``host``."""
+    if choice != "auto":
+        return "deflate" if choice == "deflate" else None
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        return "deflate"  # the connection will say what is wrong with the host
+    addresses = {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found}
+    near = all(a.is_loopback or a.is_private or a.is_link_local for a in addresses)
+    return None if near and addresses else "deflate"
 
 
 def describe(message: dict[str, Any]) -> str:
@@ -109,16 +135,21 @@ async def _run(args: argparse.Namespace) -> int:
         if sensor is not None:
             extra["sensor_width"], extra["sensor_height"] = sensor
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
-    async with websockets.connect(stream_url(args, extra), additional_headers=headers, max_size=None) as ws:
+    url = stream_url(args, extra)
+    compression = await websocket_compression(args.compression, urlsplit(url).hostname or "")
+    async with websockets.connect(
+        url, additional_headers=headers, max_size=None, compression=compression
+    ) as ws:
         ready = json.loads(await ws.recv())
-        _print(args, ready)
+        deflate = any(extension.name == "permessage-deflate" for extension in ws.protocol.extensions)
+        _print(args, ready, "per-message deflate" if deflate else "uncompressed")
         if ready.get("type") != "ready":
             return 1
         printer = asyncio.create_task(_print_answers(args, ws))
         if args.connect:
             await _forward_socket(ws, host, int(port))
         else:
-            await _replay(ws, events, args.speed)
+            await replay(ws, events, args.speed)
         await ws.send(json.dumps({"close": True}))
         return await printer
 
@@ -140,7 +171,7 @@ def _load_recording(path: Path) -> tuple[Any, tuple[int, int] | None]:
     return recording.events, recording.sensor_size
 
 
-async def _replay(ws: Any, events: Any, speed: float) -> None:
+async def replay(ws: Any, events: Any, speed: float) -> None:
     """Send ``events`` as .npy chunks of 10 ms of event time, paced at ``speed`` x real time."""
     import numpy as np
 
@@ -178,7 +209,7 @@ async def _print_answers(args: argparse.Namespace, ws: Any) -> int:
     return 0
 
 
-def _print(args: argparse.Namespace, message: dict[str, Any]) -> None:
+def _print(args: argparse.Namespace, message: dict[str, Any], compression: str = "") -> None:
     if args.json:
         print(json.dumps(message), flush=True)
         return
@@ -188,7 +219,8 @@ def _print(args: argparse.Namespace, message: dict[str, Any]) -> None:
     elif kind == "ready":
         print(
             f"streaming to {message['model']['name']}:{message['model']['version']} ({message['mode']}, "
-            f"{message['window_us'] / 1000:g} ms windows of {message['steps_per_window']} steps)",
+            f"{message['window_us'] / 1000:g} ms windows of {message['steps_per_window']} steps, "
+            f"{compression})",
             file=sys.stderr,
             flush=True,
         )

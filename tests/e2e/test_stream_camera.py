@@ -80,6 +80,26 @@ def test_file_replay_prints_a_line_per_window(stream_server: ServerProcess, shar
     assert "closed (closed by the client)" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("flags", "link"),
+    [
+        ((), "uncompressed"),  # auto, to a loopback gateway
+        (("--compression", "none"), "uncompressed"),
+        (("--compression", "deflate"), "per-message deflate"),
+    ],
+)
+def test_the_gateway_takes_a_stream_deflated_or_not(
+    stream_server: ServerProcess, shared_data: Path, flags: tuple[str, ...], link: str
+) -> None:
+    command = [sys.executable, "-m", "service.cli", "stream", "--model", EVENT_DANET_MODEL]
+    command += ["--gateway", stream_server.url, "--file", str(shared_data / "nmnist_sample.bin"), *flags]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("streaming to ") and f"{link})" in done.stderr.splitlines()[0]
+    assert len(done.stdout.splitlines()) >= 2  # 311 ms in 50 ms windows, answered
+    assert "closed (closed by the client)" in done.stderr
+
+
 def test_unknown_model_exits_non_zero_with_the_reason(
     stream_server: ServerProcess, shared_data: Path
 ) -> None:
