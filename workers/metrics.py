@@ -11,7 +11,8 @@ module without torch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -81,11 +82,46 @@ class _LayerLabels:
 
 LAYER_LABELS = _LayerLabels()
 
+# An inference process of the embedded pool (workers/inference_processes.py) has no /metrics of its
+# own: there the observations below are kept as (function name, arguments) and go back to the
+# gateway with the batch's results, where ``replay`` counts them through the same functions.
+_recorded: list[tuple[str, list[Any]]] | None = None
+
+
+def record_observations(on: bool) -> None:
+    """Keep this process's observations for ``take_observations`` instead of counting them."""
+    global _recorded
+    _recorded = [] if on else None
+
+
+def take_observations() -> list[tuple[str, list[Any]]]:
+    """The observations kept since the last call (msgpack-able), oldest first."""
+    global _recorded
+    if _recorded is None:
+        return []
+    taken, _recorded = _recorded, []
+    return taken
+
+
+def replay(observations: Iterable[Sequence[Any]]) -> None:
+    """Count observations that ``take_observations`` returned in another process."""
+    for name, args in observations:
+        _REPLAYABLE[name](*args)
+
+
+def _keep(name: str, *args: Any) -> bool:
+    if _recorded is None:
+        return False
+    _recorded.append((name, list(args)))
+    return True
+
 
 def observe_batch(
     model: str, worker_id: str, batch_size: int, compute_s: float, queue_s: Iterable[float]
 ) -> None:
     """One batch ran: its size, its compute time, and how long each of its requests queued."""
+    if _keep("observe_batch", model, worker_id, batch_size, compute_s, list(queue_s)):
+        return
     BATCH_SIZE.labels(model).observe(batch_size)
     COMPUTE_DURATION.labels(model).observe(compute_s)
     queue = QUEUE_DURATION.labels(model)
@@ -96,7 +132,7 @@ def observe_batch(
 
 def observe_telemetry(model: str, samples: Sequence[dict]) -> None:
     """Per-request telemetry dicts (``SampleTelemetry.as_dict(with_layers=True)``) of one batch."""
-    if not samples:
+    if not samples or _keep("observe_telemetry", model, list(samples)):
         return
     SPIKES.labels(model).inc(sum(int(s["spikes"]) for s in samples))
     SYNAPTIC_OPS.labels(model).inc(sum(float(s["synaptic_ops"]) for s in samples))
@@ -114,14 +150,28 @@ def observe_telemetry(model: str, samples: Sequence[dict]) -> None:
 
 def observe_exit_steps(model: str, steps_used: Iterable[int]) -> None:
     """The steps each early-exit request of one batch ran."""
+    if _keep("observe_exit_steps", model, list(steps_used)):
+        return
     child = EXIT_STEPS.labels(model)
     for steps in steps_used:
         child.observe(steps)
 
 
 def set_models_loaded(count: int) -> None:
+    if _recorded is not None:  # one process's count: the gateway counts what all of them hold
+        return
     MODELS_LOADED.set(count)
 
 
 def set_gpu_memory(device: str, allocated_bytes: int) -> None:
+    if _keep("set_gpu_memory", device, allocated_bytes):
+        return
     GPU_MEMORY.labels(device).set(allocated_bytes)
+
+
+_REPLAYABLE: dict[str, Callable[..., None]] = {
+    "observe_batch": observe_batch,
+    "observe_telemetry": observe_telemetry,
+    "observe_exit_steps": observe_exit_steps,
+    "set_gpu_memory": set_gpu_memory,
+}
