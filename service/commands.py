@@ -58,6 +58,12 @@ SERVE_FLAGS: list[Flag] = [
         "REF",
     ),
     *BATCH_FLAGS,
+    Flag(
+        "--inference-processes",
+        "inference_processes",
+        int,
+        "compute batches in N child processes, one batch each (0: in threads of the gateway)",
+    ),
     Flag("--max-queue-size", "max_queue_size", int, "queued requests before 503 (default 1024)"),
     Flag("--request-timeout", "request_timeout_s", float, "seconds before a request gets 504 (default 30)"),
     Flag("--redis", "redis_url", str, "distributed: send requests to workers via Redis", metavar="URL"),

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # a CPU several share the cores evenly unless torch_threads is set too; workers/concurrency.py)
     torch_threads: int | None = None
     concurrent_batches: int | None = Field(default=None, ge=1)
+    # embedded mode: compute batches in this many child processes, one batch each, instead of in
+    # threads of the gateway (0); each process holds its own copy of the models
+    # (workers/inference_processes.py; docs/PERFORMANCE.md measures both)
+    inference_processes: int = Field(default=0, ge=0)
     # hold freed tensor memory in the process rather than page-fault it back at every forward
     # (glibc's malloc; workers/runtime.py says why)
     keep_freed_memory: bool = True

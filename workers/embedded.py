@@ -1,7 +1,12 @@
-"""The embedded worker pool: the engine and the batcher inside the gateway process.
+"""The embedded worker pool: the batcher inside the gateway process, the engine in it too or in
+child processes.
 
-``spikeserve serve`` uses it unless ``settings.redis_url`` is set. torch is imported only in
-``start()`` (through ``workers.engine``), so importing this module keeps the gateway light.
+``spikeserve serve`` uses it unless ``settings.redis_url`` is set. With ``inference_processes`` 0
+the engine runs in threads of this process (``concurrent_batches`` of them); with N > 0 each batch
+goes to one of N child processes (``workers.inference_processes``), each with an engine of its own.
+Live streams run in this process either way. torch is imported only in ``start()`` (through
+``workers.engine``), and with inference processes only at a stream's first window, so importing this
+module keeps the gateway light.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from registry import Registry
 from registry.errors import LoadError
-from workers.batcher import Batcher
+from workers.batcher import Batcher, RunBatch
 from workers.concurrency import plan
 from workers.error_codec import raise_for_error
 from workers.errors import WorkerUnavailableError
+from workers.inference_processes import ChildConfig, InferenceProcesses
 from workers.protocol import InferenceRequest, InferenceResult
 from workers.runtime import prepare_inference_process
 from workers.stream_protocol import StreamAnswer, StreamMode, StreamWindow
@@ -30,7 +36,8 @@ log = logging.getLogger("spikeserve.embedded")
 
 
 class EmbeddedPool:
-    """Runs requests in this process: ``Batcher`` in front of one ``Engine`` on ``settings.device``.
+    """Runs requests on this machine: ``Batcher`` in front of one ``Engine`` on ``settings.device``,
+    or of ``settings.inference_processes`` child processes.
 
     ``registry``: by default ``Registry(settings.registry)``.
     """
@@ -42,6 +49,7 @@ class EmbeddedPool:
         self.worker_id = worker_id
         self._registry = registry
         self._engine: Engine | None = None
+        self._processes: InferenceProcesses | None = None
         self._streams: StreamRunner | None = None
         self._stream_waiting: list[tuple[StreamWindow, asyncio.Future[StreamAnswer]]] = []
         self._stream_first_wait = 0.0  # loop time the oldest waiting window arrived
@@ -59,51 +67,89 @@ class EmbeddedPool:
 
     async def start(self) -> None:
         """Start the batcher, then load and warm up the default models (all models when none named)."""
+        settings = self.settings
+        self._started_at = time.time()
+        refs = list(settings.default_models) or [summary.name for summary in self.registry.list()]
+        if settings.inference_processes:
+            await self._start_processes(refs)
+        else:
+            await self._start_in_process(refs)
+        if not refs:
+            log.warning("the registry at %s holds no models; serving none", settings.registry)
+        self._ready = True
+
+    async def _start_processes(self, refs: list[str]) -> None:
+        """Start the children, which load the default models side by side; then the batcher, one
+        batch per child at a time. Streams get their engine in this process at their first window."""
+        settings = self.settings
+        count = settings.inference_processes
+        if settings.concurrent_batches and settings.concurrent_batches > 1:
+            log.warning("concurrent_batches is not used with inference_processes: each runs one batch")
+        manifests = [await asyncio.to_thread(self.registry.resolve, ref) for ref in refs]
+        threads = plan(settings.device, settings.torch_threads, count).torch_threads
+        config = ChildConfig(
+            registry=str(self.registry.root),
+            device=settings.device,
+            neuron_backend=settings.neuron_backend,
+            torch_threads=threads,
+            keep_freed_memory=settings.keep_freed_memory,
+            log_level=logging.getLogger().getEffectiveLevel(),
+        )
+        processes = InferenceProcesses(config, count, self.worker_id)
+        await asyncio.to_thread(processes.start, [(m.name, m.version) for m in manifests])
+        self._processes = processes
+        await self._start_batcher(processes.run_batch, count)
+
+    async def _start_in_process(self, refs: list[str]) -> None:
         from workers.engine import Engine  # torch arrives here, not at import
-        from workers.stream_runner import StreamRunner
 
         settings = self.settings
         concurrency = plan(settings.device, settings.torch_threads, settings.concurrent_batches)
         prepare_inference_process(concurrency.torch_threads, settings.keep_freed_memory)
-        self._started_at = time.time()
         self._engine = Engine(
             self.registry,
             device=self.settings.device,
             backend=self.settings.neuron_backend,
             worker_id=self.worker_id,
         )
-        self._streams = StreamRunner(
-            self.registry,
-            device=self.settings.device,
-            backend=self.settings.neuron_backend,
-            worker_id=self.worker_id,
-            max_sessions=self.settings.stream_max_sessions,
-        )
-        self._batcher = Batcher(
-            self._engine.run_batch,
-            max_batch_size_for=self.settings.batch_size_for,
-            max_delay_ms_for=self.settings.delay_ms_for,
-            max_queue_size=self.settings.max_queue_size,
-            concurrent_batches=concurrency.batches,
-        )
-        await self._batcher.start()
-        refs = list(self.settings.default_models) or [summary.name for summary in self.registry.list()]
+        self._streams = self._stream_runner()
+        await self._start_batcher(self._engine.run_batch, concurrency.batches)
         for ref in refs:
             manifest = await asyncio.to_thread(self.registry.resolve, ref)
             try:
                 await self.load_model(manifest.name, manifest.version)
             except LoadError:  # one broken version must not keep every other model from serving
                 continue  # the engine logged it and lists it in failed_models()
-        if not refs:
-            log.warning("the registry at %s holds no models; serving none", self.settings.registry)
-        self._ready = True
+
+    async def _start_batcher(self, run_batch: RunBatch, concurrent_batches: int) -> None:
+        self._batcher = Batcher(
+            run_batch,
+            max_batch_size_for=self.settings.batch_size_for,
+            max_delay_ms_for=self.settings.delay_ms_for,
+            max_queue_size=self.settings.max_queue_size,
+            concurrent_batches=concurrent_batches,
+        )
+        await self._batcher.start()
+
+    def _stream_runner(self) -> StreamRunner:
+        from workers.stream_runner import StreamRunner
+
+        return StreamRunner(
+            self.registry,
+            device=self.settings.device,
+            backend=self.settings.neuron_backend,
+            worker_id=self.worker_id,
+            max_sessions=self.settings.stream_max_sessions,
+        )
 
     async def stop(self) -> None:
         self._ready = False
         if self._batcher is not None:
-            await self._batcher.stop()
+            await self._batcher.stop()  # no batch runs after this: the children can go
         if self._engine is not None:
             self._engine.close()
+        if self._processes is not None:
+            await asyncio.to_thread(self._processes.close)
 
     async def load_model(self, name: str, version: int) -> None:
         """Load and warm up ``name:version`` off the event loop (the engine loads each version once,
@@ -119,13 +165,18 @@ class EmbeddedPool:
         """Drop a loaded version (after it was deleted from the registry)."""
         if self._engine is not None:
             self._engine.unload(name, version)
+        if self._processes is not None:
+            self._processes.unload(name, version)
 
     async def submit(self, request: InferenceRequest) -> InferenceResult:
-        """Run one request. Versions other than the default ones load on their first request."""
-        engine = self._require_engine()
-        if not engine.is_loaded(request.model_name, request.model_version):
-            await self.load_model(request.model_name, request.model_version)
-        assert self._batcher is not None
+        """Run one request. Versions other than the default ones load on their first request (in an
+        inference process, within the first batch that process computes for them)."""
+        if self._processes is None:
+            engine = self._require_engine()
+            if not engine.is_loaded(request.model_name, request.model_version):
+                await self.load_model(request.model_name, request.model_version)
+        if self._batcher is None:
+            raise WorkerUnavailableError("the worker is starting; retry shortly")
         return raise_for_error(await self._batcher.submit(request))
 
     def is_ready(self) -> bool:
@@ -138,12 +189,28 @@ class EmbeddedPool:
         return self._batcher.depth_by_model() if self._batcher is not None else {}
 
     def loaded_models(self) -> list[tuple[str, int]]:
+        if self._processes is not None:
+            return self._processes.loaded()
         return self._engine.loaded() if self._engine is not None else []
 
     def failed_models(self) -> dict[str, str]:
+        if self._processes is not None:
+            return self._processes.failed()
         return self._engine.failed() if self._engine is not None else {}
 
     def describe_workers(self) -> list[dict[str, Any]]:
+        if self._processes is not None:
+            now = time.time()
+            return [
+                {
+                    **child,
+                    "mode": "embedded process",
+                    "device": self.settings.device,
+                    "queue_depth": self.queue_depth(),  # one queue feeds them all
+                    "last_heartbeat": now,
+                }
+                for child in self._processes.describe()
+            ]
         if self._engine is None:
             return []
         return [
@@ -219,6 +286,10 @@ class EmbeddedPool:
             self._streams.close(session_id)
 
     def _require_streams(self) -> StreamRunner:
+        if self._streams is None and self._processes is not None:
+            # the gateway has no engine of its own: torch and the stream copies arrive with the first stream
+            prepare_inference_process(self.settings.torch_threads, self.settings.keep_freed_memory)
+            self._streams = self._stream_runner()
         if self._streams is None:
             raise WorkerUnavailableError("the worker is starting; retry shortly")
         return self._streams

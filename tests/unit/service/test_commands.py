@@ -24,6 +24,8 @@ def test_serve_is_a_subcommand_with_its_flags() -> None:
             "b:2",
             "--max-batch-size",
             "16",
+            "--inference-processes",
+            "2",
         ]
     )
     settings = settings_from_args(args)
@@ -31,6 +33,7 @@ def test_serve_is_a_subcommand_with_its_flags() -> None:
     assert settings.registry == Path("somewhere")
     assert settings.default_models == ["a", "b:2"]
     assert settings.max_batch_size == 16
+    assert settings.inference_processes == 2
     assert args.handler is run_serve
 
 

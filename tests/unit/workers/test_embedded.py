@@ -151,3 +151,40 @@ def test_a_stream_window_waits_no_longer_than_the_delay(tmp_path: Any) -> None:
     pool._streams = runner  # type: ignore[assignment]
     answer = asyncio.run(asyncio.wait_for(pool.run_stream_window(stream_window("a")), timeout=30))
     assert answer == "a" and runner.batches == [["a"]]
+
+
+def test_with_inference_processes_the_answers_are_those_of_the_engine_in_this_process(
+    tiny_registry: Any,
+) -> None:
+    """Two inference processes against batches in this process: the same predictions, probabilities
+    and telemetry; each process listed as a worker; no stream engine in the gateway until a stream."""
+
+    def settings(processes: int) -> Settings:
+        return Settings(
+            registry=tiny_registry.root,
+            default_models=[IMAGE_MODEL],
+            max_delay_ms=50,
+            neuron_backend="torch",
+            torch_threads=1,
+            inference_processes=processes,
+        )
+
+    async def answers(pool: EmbeddedPool) -> tuple[list[Any], list[Any], list[Any]]:
+        await pool.start()
+        try:
+            assert pool.is_ready() and pool.loaded_models() == [(IMAGE_MODEL, 1)]
+            results = await asyncio.gather(*(pool.submit(image_request(i)) for i in range(6)))
+            return results, pool.describe_workers(), [pool._streams]
+        finally:
+            await pool.stop()
+
+    there, workers, streams = asyncio.run(answers(EmbeddedPool(settings(2), registry=tiny_registry)))
+    here, _, _ = asyncio.run(answers(EmbeddedPool(settings(0), registry=tiny_registry)))
+    assert [r.request_id for r in there] == [r.request_id for r in here]
+    for a, b in zip(there, here, strict=True):
+        assert (a.predictions, a.telemetry) == (b.predictions, b.telemetry)
+        assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)  # batches may split otherwise
+    assert [w["id"] for w in workers] == ["embedded-0", "embedded-1"]
+    assert all(w["models"] == [f"{IMAGE_MODEL}:1"] and w["pid"] for w in workers)
+    assert sum(w["batches"] for w in workers) >= 1
+    assert streams == [None]
