@@ -6,10 +6,11 @@ change in a ``git worktree`` beside this one, or the same code with other settin
 loads each server in turn for the same seconds with the same client (bench/serve.py's ``run_load``,
 a PNG digit to ``/classify``) while the others are SIGSTOPped, rotating the order, and reads each
 thread's CPU from /proc (named by py-spy: the event loop is MainThread, the batch threads
-spikeserve-batch, torch's OpenMP threads "other"). Printed: medians and ranges over rounds of
-server CPU per answer, answers/s, p50 and the mean batch the server formed, and per-round ratios to
-the first server. On a shared machine read the CPU ratios: the other jobs slow every round's
-throughput, but CPU per answer moves much less.
+spikeserve-batch, torch's OpenMP threads "other"; inference processes together as "child
+processes"). Printed: medians and ranges over rounds of server CPU per answer, answers/s, p50
+and the mean batch the server formed, and per-round ratios to the first server. On a shared
+machine read the CPU ratios: the other jobs slow every round's throughput, but CPU per answer
+moves much less.
 
     git worktree add /tmp/before HEAD~3
     .venv/bin/python bench/compare.py before=/tmp/before after=.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from server_process import ServerProcess  # noqa: E402
 
-from bench.peers import thread_cpu_s, thread_names  # noqa: E402
+from bench.peers import signal_tree, thread_cpu_s, thread_names, tree_cpu_s  # noqa: E402
 from bench.serve import batch_stats, digit_png, run_load  # noqa: E402
 
 
@@ -64,17 +65,21 @@ def measure(
     path, body = f"/v1/models/{model}/classify", digit_png()[0]
     batches0, requests0 = batch_stats(process.url, model)
     before = thread_cpu_s(pid)
+    tree_before = tree_cpu_s(pid)
     result = asyncio.run(
         run_load(process.url, path, body, {"Content-Type": "image/png"}, clients=args.clients,
                  duration_s=args.seconds)
     )  # fmt: skip
     after = thread_cpu_s(pid)
+    children = tree_cpu_s(pid) - tree_before - (sum(after.values()) - sum(before.values()))
     batches1, requests1 = batch_stats(process.url, model)
     answers = max(len(result.latencies_ms), 1)
     split: dict[str, float] = {}
     for tid, seconds in after.items():
         name = names.get(tid, "other")
         split[name] = split.get(name, 0.0) + (seconds - before.get(tid, 0.0)) * 1000.0 / answers
+    if children > 0.0:  # inference processes (SPIKESERVE_INFERENCE_PROCESSES)
+        split["child processes"] = children * 1000.0 / answers
     server.threads.append(split)
     server.rounds.append(
         {
@@ -106,23 +111,23 @@ def main() -> int:
                                     cwd=server.checkout)  # fmt: skip
             stack.enter_context(process)
             assert process.process is not None
-            stack.callback(os.kill, process.process.pid, signal.SIGCONT)  # so that it can stop
+            stack.callback(signal_tree, process.process.pid, signal.SIGCONT)  # so that it can stop
             path, headers = f"/v1/models/{args.model}/classify", {"Content-Type": "image/png"}
             warm_up = run_load(
                 process.url, path, digit_png()[0], headers, clients=args.clients, duration_s=2.0
             )
             asyncio.run(warm_up)
             names.append(thread_names(process.process.pid))
-            os.kill(process.process.pid, signal.SIGSTOP)
+            signal_tree(process.process.pid, signal.SIGSTOP)
             processes.append(process)
         for round_index in range(args.rounds):
             shift = round_index % len(servers)
             for index in [*range(shift, len(servers)), *range(shift)]:
                 pid = processes[index].process.pid
-                os.kill(pid, signal.SIGCONT)
+                signal_tree(pid, signal.SIGCONT)
                 time.sleep(0.3)
                 measure(servers[index], processes[index], args.model, names[index], args)
-                os.kill(pid, signal.SIGSTOP)
+                signal_tree(pid, signal.SIGSTOP)
             loads.append(os.getloadavg()[0])
     print(f"# {started} UTC, {args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per server, "
           f"load average {min(loads):.1f} to {max(loads):.1f} (1 min)")  # fmt: skip

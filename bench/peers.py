@@ -173,6 +173,7 @@ def start_spikeserve(root: Path, model: str, body: bytes, args: argparse.Namespa
         "SPIKESERVE_NEURON_BACKEND": args.backend,
         "SPIKESERVE_TORCH_THREADS": str(args.torch_threads),
         "SPIKESERVE_CONCURRENT_BATCHES": str(args.concurrent_batches),
+        "SPIKESERVE_INFERENCE_PROCESSES": str(args.inference_processes),
     }
     server = ServerProcess(root, env=env, args=["--models", model])
     started = time.monotonic()
@@ -320,18 +321,23 @@ def measure(
     names: dict[int, str] | None = None,
 ) -> Round:
     """One window of load on ``peer``; with ``threads``, also add to it the CPU seconds of each
-    thread of the root process (named by ``names``)."""
+    thread of the root process (named by ``names``) and of its child processes together."""
     cpu_before = tree_cpu_s(peer.root_pid)
     threads_before = thread_cpu_s(peer.root_pid) if threads is not None else {}
+    root_before = sum(threads_before.values())
     latencies, errors, disagreements = asyncio.run(
         _load(peer.url, peer.path, bodies, expected, clients, seconds)
     )
     cpu_ms = (tree_cpu_s(peer.root_pid) - cpu_before) * 1000.0
     answers = len(latencies)
     if threads is not None:
-        for tid, spent in thread_cpu_s(peer.root_pid).items():
+        threads_after = thread_cpu_s(peer.root_pid)
+        for tid, spent in threads_after.items():
             name = (names or {}).get(tid, "other threads")
             threads[name] = threads.get(name, 0.0) + spent - threads_before.get(tid, 0.0)
+        children = cpu_ms / 1000.0 - (sum(threads_after.values()) - root_before)
+        if children > 0.0:
+            threads["child processes"] = threads.get("child processes", 0.0) + children
     return Round(answers, seconds, latencies, cpu_ms / max(answers, 1), errors, disagreements)
 
 
@@ -390,6 +396,12 @@ def report(peers: list[Peer], tally: Tally, levels: list[int], rss: dict[str, fl
             )
 
 
+def spikeserve_mode(args: argparse.Namespace) -> str:
+    if args.inference_processes:
+        return f"batches in {args.inference_processes} inference process(es), one batch each"
+    return f"{args.concurrent_batches} batch thread(s) in the gateway process"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--registry", type=Path, default=REPO_ROOT / "zoo")
@@ -411,8 +423,16 @@ def main() -> int:
         "--concurrent-batches",
         type=int,
         default=2,
-        help="spikeserve's batches at once (default 2: with one torch thread each, the network uses both "
-        "cores of this machine, as TorchServe's two workers do; 1 for the server's own default)",
+        help="spikeserve's batches at once in threads of its process, without --inference-processes "
+        "(default 2: with one torch thread each, the network uses both cores, as TorchServe's two "
+        "workers do)",
+    )
+    parser.add_argument(
+        "--inference-processes",
+        type=int,
+        default=2,
+        help="spikeserve's inference processes, one batch each (default 2: the mode that measured best "
+        "here, docs/PERFORMANCE.md; 0 for batches in threads of the gateway)",
     )
     parser.add_argument("--skip", nargs="*", default=[], help="peers to leave out: torchserve, litserve")
     args = parser.parse_args()
@@ -427,7 +447,7 @@ def main() -> int:
     print(f"# model: {args.model} from {args.registry}; {DIGITS} held-out MNIST-5k digits as PNG, in turn")
     print(f"# max batch {args.max_batch_size}, delay {args.max_delay_ms} ms, neuron backend {args.backend}, "
           f"{args.torch_threads} torch thread(s) per process, "
-          f"spikeserve {args.concurrent_batches} batch(es) at once; "
+          f"spikeserve {spikeserve_mode(args)}; "
           f"{args.rounds} rounds of {args.seconds:.0f} s per server and client count")  # fmt: skip
     peers: list[Peer] = []
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as scratch_dir:
