@@ -254,6 +254,7 @@ class Round:
     cpu_ms_per_answer: float
     errors: int
     disagreements: int
+    client_cpu_ms_per_answer: float = 0.0  # the load generator's, on the same cores
 
     @property
     def rps(self) -> float:
@@ -325,9 +326,11 @@ def measure(
     cpu_before = tree_cpu_s(peer.root_pid)
     threads_before = thread_cpu_s(peer.root_pid) if threads is not None else {}
     root_before = sum(threads_before.values())
+    client_before = time.process_time()
     latencies, errors, disagreements = asyncio.run(
         _load(peer.url, peer.path, bodies, expected, clients, seconds)
     )
+    client_ms = (time.process_time() - client_before) * 1000.0
     cpu_ms = (tree_cpu_s(peer.root_pid) - cpu_before) * 1000.0
     answers = len(latencies)
     if threads is not None:
@@ -338,7 +341,15 @@ def measure(
         children = cpu_ms / 1000.0 - (sum(threads_after.values()) - root_before)
         if children > 0.0:
             threads["child processes"] = threads.get("child processes", 0.0) + children
-    return Round(answers, seconds, latencies, cpu_ms / max(answers, 1), errors, disagreements)
+    return Round(
+        answers,
+        seconds,
+        latencies,
+        cpu_ms / max(answers, 1),
+        errors,
+        disagreements,
+        client_ms / max(answers, 1),
+    )
 
 
 def only_running(peers: list[Peer], chosen: Peer) -> None:
@@ -511,6 +522,15 @@ def main() -> int:
         ordered = sorted(split.items(), key=lambda item: -item[1])
         parts = ", ".join(f"{name} {seconds * 1000.0 / answers:.2f}" for name, seconds in ordered)
         print(f"spikeserve CPU ms per answer by thread at {clients} clients: {parts}")
+    for clients in args.clients:
+        client_ms = {
+            peer.name: statistics.median(
+                r.client_cpu_ms_per_answer for r in tally.rounds[(peer.name, clients)]
+            )
+            for peer in peers
+        }
+        parts = ", ".join(f"{name} {ms:.2f}" for name, ms in client_ms.items())
+        print(f"load generator (this process, same cores) CPU ms per answer at {clients} clients: {parts}")
     print(
         f"top-1 agreement with spikeserve: {answered - disagreements} of {answered} answers; errors: {errors}"
     )
