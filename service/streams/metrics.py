@@ -32,6 +32,15 @@ WINDOW_LATENCY = Histogram(
     ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+# a latency alarms only next to its window: sessions choose their window length, so the model's
+# series mixes them; 1.0 is a bucket bound, so "p99 above 1" reads exactly "over 1% of windows late"
+WINDOW_LATENCY_RATIO = Histogram(
+    "spikeserve_stream_window_latency_ratio",
+    "Stream window latency over the window's length in event time: above 1, windows are answered "
+    "slower than real time.",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0),
+)
 SPIKE_RATE = Histogram(
     "spikeserve_stream_spike_rate",
     "Network spike rate of each answered stream window.",

@@ -360,6 +360,7 @@ class StreamSession:
         name = self.manifest.name
         metrics.WINDOWS.labels(name).inc()
         metrics.WINDOW_LATENCY.labels(name).observe(latency_s)
+        metrics.WINDOW_LATENCY_RATIO.labels(name).observe(latency_s * 1e6 / window.length_us)
         if answer.telemetry is not None:
             metrics.SPIKE_RATE.labels(name).observe(float(answer.telemetry.get("spike_rate", 0.0)))
         await self._send(

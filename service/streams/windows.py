@@ -36,6 +36,12 @@ class Window:
     completed_at: float
     merged: int = 1
 
+    @property
+    def length_us(self) -> float:
+        """Event time one of its grid windows spans: the stream's window_us on a time grid, a count
+        window's own span (a merged window's averaged over what it holds)."""
+        return max(self.end_us - self.start_us, 1) / self.merged
+
     def merge(self, later: Window) -> None:
         """Fold a later window into this one: counts add step by step, the end moves on."""
         self.frames += later.frames

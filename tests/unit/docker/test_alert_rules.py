@@ -29,6 +29,7 @@ EXPECTED_ALERTS = {
     "SpikeserveSpikeRateSaturated",
     "SpikeserveStreamWindowsDropped",
     "SpikeserveStreamStateResets",
+    "SpikeserveStreamSlowerThanRealTime",
 }
 
 

@@ -89,6 +89,7 @@ def test_the_code_defines_the_contract_metrics():
         "spikeserve_stream_windows_total",
         "spikeserve_stream_dropped_windows_total",
         "spikeserve_stream_window_latency_seconds_bucket",
+        "spikeserve_stream_window_latency_ratio_bucket",
         "spikeserve_stream_spike_rate_bucket",
         "spikeserve_stream_state_resets_total",
     ):
@@ -146,6 +147,7 @@ def test_every_query_parses_as_promql(tmp_path: Path):
 
 
 def test_a_streams_row_shows_sessions_windows_drops_latency_spike_rate_and_resets():
+    """Latency both in seconds and in window lengths: a latency only alarms next to its window."""
     dashboard = json.loads(DASHBOARD.read_text())
     rows = sorted(panel["gridPos"]["y"] for panel in dashboard["panels"] if panel["type"] == "row")
     (row,) = [
@@ -156,12 +158,14 @@ def test_a_streams_row_shows_sessions_windows_drops_latency_spike_rate_and_reset
     in_row = [panel for panel in dashboard["panels"] if top < panel["gridPos"]["y"] < bottom]
     queried = " ".join(target["expr"] for panel in in_row for target in panel.get("targets", []))
     window_latency = "sum by (le, model) (rate(spikeserve_stream_window_latency_seconds_bucket"
+    in_windows = "sum by (le, model) (rate(spikeserve_stream_window_latency_ratio_bucket"
     for needed in (
         "sum by (model) (spikeserve_stream_sessions)",  # active sessions per model
         "sum by (model) (rate(spikeserve_stream_windows_total",  # windows/s
         "sum by (model) (rate(spikeserve_stream_dropped_windows_total",  # dropped windows/s
         f"histogram_quantile(0.5, {window_latency}",  # window latency p50
         f"histogram_quantile(0.99, {window_latency}",  # window latency p99
+        f"histogram_quantile(0.99, {in_windows}",  # p99 latency / window length: above 1, behind
         "sum by (model) (rate(spikeserve_stream_spike_rate_sum",  # stream spike rate per model
         "sum by (model) (rate(spikeserve_stream_state_resets_total",  # state resets/s
     ):

@@ -223,6 +223,7 @@ def test_stream_metrics_are_exported_and_promtool_clean(streaming: TestClient, s
         f'spikeserve_stream_dropped_windows_total{{model="{EVENT_DANET_MODEL}"}}',
         f'spikeserve_stream_state_resets_total{{model="{EVENT_DANET_MODEL}"}} 0.0',
         "spikeserve_stream_window_latency_seconds_bucket",
+        "spikeserve_stream_window_latency_ratio_bucket",
         "spikeserve_stream_spike_rate_bucket",
     ):
         assert name in text, name
@@ -232,6 +233,32 @@ def test_stream_metrics_are_exported_and_promtool_clean(streaming: TestClient, s
         [str(promtool), "check", "metrics"], input="\n".join(lines) + "\n", capture_output=True, text=True
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def _latency_samples(model: str) -> tuple[float, float, float, float]:
+    """(seconds count, seconds sum, ratio count, ratio sum) of the window latency histograms."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(f"spikeserve_stream_window_latency_{name}", {"model": model}) or 0.0
+
+    return value("seconds_count"), value("seconds_sum"), value("ratio_count"), value("ratio_sum")
+
+
+def test_window_latency_is_also_measured_in_window_lengths(streaming: TestClient, shared_data: Path) -> None:
+    events = read_events((shared_data / "nmnist_sample.bin").read_bytes()).events
+    before = _latency_samples(WINDOWED)
+    with streaming.websocket_connect(f"/v1/models/{WINDOWED}/stream?window_ms=40") as ws:
+        ws.receive_json()
+        ws.send_bytes(write_npy(events))
+        ws.send_text(json.dumps({"close": True}))
+        windows = [m for m in receive_until_closed(ws) if m["type"] == "window"]
+    seconds_count, seconds_sum, ratio_count, ratio_sum = (
+        after - start for after, start in zip(_latency_samples(WINDOWED), before, strict=True)
+    )
+    assert seconds_count == ratio_count == len(windows) > 1
+    assert all(w["merged_windows"] == 1 for w in windows)
+    assert ratio_sum == pytest.approx(seconds_sum / 0.040, rel=1e-9)  # each latency over 40 ms
 
 
 def test_windows_of_a_fixed_event_count(streaming: TestClient, shared_data: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from eventio import make_events, read_events
 from models.encoding import events_to_frames
-from service.streams.windows import Windower
+from service.streams.windows import EventCountWindower, Windower
 
 
 def one_ms_chunks(events: np.ndarray) -> list[np.ndarray]:
@@ -57,6 +57,15 @@ def test_merge_adds_counts_and_extends_the_window() -> None:
     first.merge(second)
     assert first.events == 3 and first.merged == 2 and first.end_us == 2000
     assert first.frames.sum() == 3
+    assert first.length_us == second.length_us == 1000  # one grid window's, merged or not
+
+
+def test_a_count_window_is_as_long_as_its_events_span() -> None:
+    windower = EventCountWindower(window_events=2, steps=1, sensor_size=(4, 4))
+    (window,) = windower.push(make_events([0, 1, 2], [0, 1, 2], [100, 400, 900], [1, 0, 1]))
+    assert window.length_us == 301  # t 100 to 400, end exclusive
+    (burst,) = windower.push(make_events([3], [3], [900], [1]))
+    assert burst.length_us == 1  # two events at one instant: never a zero length
 
 
 def test_event_count_windows_equal_one_event_count_binning(shared_data: Path) -> None:
