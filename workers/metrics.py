@@ -132,20 +132,35 @@ def observe_batch(
 
 def observe_telemetry(model: str, samples: Sequence[dict]) -> None:
     """Per-request telemetry dicts (``SampleTelemetry.as_dict(with_layers=True)``) of one batch."""
-    if not samples or _keep("observe_telemetry", model, list(samples)):
+    if not samples:
         return
-    SPIKES.labels(model).inc(sum(int(s["spikes"]) for s in samples))
-    SYNAPTIC_OPS.labels(model).inc(sum(float(s["synaptic_ops"]) for s in samples))
-    ENERGY.labels(model).inc(sum(float(s["energy_uj"]) for s in samples) * 1e-6)
-    # One histogram child per layer, looked up once per batch rather than once per sample.
-    children: dict[str, Histogram] = {}
+    rates: dict[str, list[float]] = {}
     for sample in samples:
         for layer in sample.get("layers", ()):
-            name = layer["name"]
-            child = children.get(name)
-            if child is None:
-                child = children[name] = SPIKE_RATE.labels(model, LAYER_LABELS.label(model, name))
-            child.observe(layer["spike_rate"])
+            rates.setdefault(layer["name"], []).append(float(layer["spike_rate"]))
+    observe_telemetry_totals(
+        model,
+        sum(int(s["spikes"]) for s in samples),
+        sum(float(s["synaptic_ops"]) for s in samples),
+        sum(float(s["energy_uj"]) for s in samples) * 1e-6,
+        rates,
+    )
+
+
+def observe_telemetry_totals(
+    model: str, spikes: int, synaptic_ops: float, joules: float, rates: dict[str, list[float]]
+) -> None:
+    """A batch's telemetry, summed (``rates``: each layer's spike rate per request): what an inference
+    process sends back, about a tenth the size of the samples themselves."""
+    if _keep("observe_telemetry_totals", model, spikes, synaptic_ops, joules, rates):
+        return
+    SPIKES.labels(model).inc(spikes)
+    SYNAPTIC_OPS.labels(model).inc(synaptic_ops)
+    ENERGY.labels(model).inc(joules)
+    for name, layer_rates in rates.items():  # one histogram child per layer and batch
+        child = SPIKE_RATE.labels(model, LAYER_LABELS.label(model, name))
+        for rate in layer_rates:
+            child.observe(rate)
 
 
 def observe_exit_steps(model: str, steps_used: Iterable[int]) -> None:
@@ -171,7 +186,7 @@ def set_gpu_memory(device: str, allocated_bytes: int) -> None:
 
 _REPLAYABLE: dict[str, Callable[..., None]] = {
     "observe_batch": observe_batch,
-    "observe_telemetry": observe_telemetry,
+    "observe_telemetry_totals": observe_telemetry_totals,
     "observe_exit_steps": observe_exit_steps,
     "set_gpu_memory": set_gpu_memory,
 }
