@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import queue
 import signal
 import threading
@@ -188,6 +189,10 @@ class InferenceProcesses:
         self._lock = threading.Lock()  # guards _children and every child's unload lists
         self._closing = False
         self._replacing: list[threading.Thread] = []
+        # Process.start() reaps every finished child of this process (multiprocessing's _cleanup); a
+        # second waitpid at the same moment in another thread fails and reads a dead child as running.
+        # So liveness is read from each process's sentinel, and exit codes and starts under this lock.
+        self._reap_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -231,7 +236,8 @@ class InferenceProcesses:
             name=f"spikeserve-inference-{index}",
             daemon=True,  # multiprocessing's exit handler ends it with the gateway, if close() did not
         )
-        process.start()
+        with self._reap_lock:
+            process.start()
         theirs.close()  # only the child holds its end now: its death reads as the pipe's end here
         return _Child(index, worker_id, process, ours)
 
@@ -243,25 +249,30 @@ class InferenceProcesses:
                     raise WorkerUnavailableError(f"inference process {child.worker_id} did not start in time")
             reply = _unpack(child.conn.recv_bytes())
         except (EOFError, OSError):
-            child.process.join(timeout=STOP_TIMEOUT_S)
             raise WorkerUnavailableError(
                 f"inference process {child.worker_id} exited while starting (exit code "
-                f"{child.process.exitcode}); its log above says why"
+                f"{self._exit_code(child, STOP_TIMEOUT_S)}); its log above says why"
             ) from None
         child.apply(reply)
 
     def _end(self, child: _Child) -> None:
         with contextlib.suppress(EOFError, OSError):  # it may be gone already
             child.conn.send_bytes(_pack({"op": "stop"}))
-        child.process.join(timeout=STOP_TIMEOUT_S)
-        if child.process.is_alive():
+        if self._exit_code(child, STOP_TIMEOUT_S) is None:
             log.warning("inference process %s did not stop; terminating it", child.worker_id)
             child.process.terminate()
-            child.process.join(timeout=STOP_TIMEOUT_S)
-            if child.process.is_alive():
+            if self._exit_code(child, STOP_TIMEOUT_S) is None:
                 child.process.kill()
-                child.process.join()
+                self._exit_code(child, STOP_TIMEOUT_S)
         child.conn.close()
+
+    def _exit_code(self, child: _Child, timeout_s: float) -> int | None:
+        """Wait at most ``timeout_s`` for ``child`` to end; its exit code, None while it runs."""
+        if not multiprocessing.connection.wait([child.process.sentinel], timeout_s):
+            return None
+        with self._reap_lock:  # the sentinel is ready once its fds close, a moment before it can be reaped
+            child.process.join(STOP_TIMEOUT_S)
+            return child.process.exitcode
 
     # -- running -----------------------------------------------------------------------------------
 
@@ -305,15 +316,14 @@ class InferenceProcesses:
                 child = self._idle.get(timeout=max(remaining, 0.001))
             except queue.Empty:
                 raise WorkerUnavailableError("no inference process was free before the deadline") from None
-            if child.process.is_alive():
+            if not multiprocessing.connection.wait([child.process.sentinel], 0):
                 return child
             self._replace(child)  # died while idle: nothing of a request was lost
 
     def _replace(self, child: _Child) -> int | None:
         """Forget a dead ``child`` and start its replacement in the background; its exit code."""
-        child.process.join(timeout=STOP_TIMEOUT_S)
+        exitcode = self._exit_code(child, STOP_TIMEOUT_S)
         child.conn.close()
-        exitcode = child.process.exitcode
         with self._lock:
             if self._closing or self._children.get(child.index) is not child:
                 return exitcode

@@ -43,12 +43,12 @@ def value(name: str, **labels: str) -> float:
 
 
 def alive(pid: int) -> bool:
+    """False once ``pid`` has exited (a zombie not reaped yet counts as exited)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    # a child this process has not reaped yet is a zombie: dead for our purpose
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def wait_until(condition: Any, timeout_s: float = 60.0) -> None:
@@ -175,6 +175,7 @@ def test_a_child_killed_in_its_batch_fails_that_batch_only_and_is_replaced(
     assert {answer.error[0] for answer in answers if answer.error} == {"inference_failed"}
     assert all(answer.error for answer in answers)
     assert "stopped" in answers[0].error[1]
+    wait_until(lambda: not any(alive(pid) for pid in pids))  # the idle one too: no batch reaches it then
     # the replacements load what the pool held, and serve
     after = processes.run_batch([image_request(7)])[0]
     assert after.error is None
