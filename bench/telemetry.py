@@ -1,17 +1,21 @@
 """Telemetry overhead: forward time with telemetry on against off, same model, same input, same run.
 
-"On" is a forward inside ``telemetry.record(model)`` followed by ``recorder.report()`` (the host
-transfer a served answer pays for); "off" is the bare forward. Rounds alternate which goes first,
-so drift in a shared machine's load falls on both; the overhead is the median of the per-round
-ratios on/off, minus one. On the CPU the process's CPU time is compared the same way: waiting for
-a core that another program holds does not count there, so on a busy machine it is the steadier
-of the two figures. Target: under 5% on the CPU (telemetry must be cheap enough to stay on by default).
-The process sets up its allocator as a serving worker does (``workers/runtime.py``: freed tensor
-memory is reused, not page-faulted back at every forward); ``--system-malloc`` leaves glibc's defaults,
-under which the page faults of both forwards, not the telemetry, dominate the difference.
+"On" is a forward inside ``telemetry.record(model)`` followed by the report a served answer pays
+for: ``report(synaptic_layers=False)`` for the default ``telemetry=summary`` answer (exact and
+nominal SOPs, spike rates per layer, energy), ``report()`` for a ``telemetry=layers`` answer (each
+layer's SOPs, MACs and energy share as well); "off" is the bare forward. Each round runs the three
+in a rotating order, so drift in a shared machine's load falls on all; the overhead is the median
+of the per-round ratios on/off, minus one. On the CPU the process's CPU time is compared the same
+way: waiting for a core that another program holds does not count there, so on a busy machine it
+is the steadier of the two figures. Target: under 5% on the CPU (telemetry must be cheap enough to
+stay on by default). The process sets up its allocator as a serving worker does
+(``workers/runtime.py``: freed tensor memory is reused, not page-faulted back at every forward);
+``--system-malloc`` leaves glibc's defaults, under which the page faults of both forwards, not the
+telemetry, dominate the difference.
 
     .venv/bin/python bench/telemetry.py                       # small DANet, MNIST-sized input
     .venv/bin/python bench/telemetry.py --arch danet_resnet50 --size 64 --batch 4
+    .venv/bin/python bench/telemetry.py --backend inductor   # the fused CPU neurons (g++ needed)
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backend", default="torch", help="neuron backend: torch (eager), inductor, triton")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument(
         "--system-malloc", action="store_true", help="leave glibc's malloc as it is (a worker tunes it)"
@@ -76,52 +81,60 @@ def main() -> None:
         args.arch, num_classes=10, in_channels=args.channels, stem=args.stem, base_width=args.base_width
     )
     model = model.to(device).eval()
+    for module in model.modules():
+        if hasattr(module, "backend"):
+            module.backend = args.backend
     shape = (args.time_steps, args.batch, args.channels, args.size, args.size)
     x = torch.rand(shape, device=device)
+    names = telemetry.layer_names(model)  # kept by a server for each network it loads
 
     def off() -> None:
         model(x)
 
-    def on() -> None:
-        with telemetry.record(model) as recorder:
+    def summary() -> None:
+        with telemetry.record(model, names) as recorder:
+            model(x)
+        recorder.report(synaptic_layers=False)
+
+    def layers() -> None:
+        with telemetry.record(model, names) as recorder:
             model(x)
         recorder.report()
 
+    variants = {"off": off, "summary": summary, "layers": layers}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     with torch.no_grad():
         for _ in range(args.warmup):
-            off()
-            on()
-        times_off, times_on, ratios, cpu_ratios = [], [], [], []
+            for run in variants.values():
+                run()
+        order = list(variants)
         for round_index in range(args.rounds):
-            if round_index % 2:
-                t_on, t_off = timed(on, device), timed(off, device)
-            else:
-                t_off, t_on = timed(off, device), timed(on, device)
-            times_off.append(t_off[0])
-            times_on.append(t_on[0])
-            ratios.append(t_on[0] / t_off[0])
-            cpu_ratios.append(t_on[1] / t_off[1])
+            for name in order[round_index % 3 :] + order[: round_index % 3]:
+                seconds, cpu_seconds = timed(variants[name], device)
+                wall[name].append(seconds)
+                cpu[name].append(cpu_seconds)
 
-    ratio = statistics.median(ratios)
-    low, _, high = statistics.quantiles(ratios, n=4)
     model_line = f"{args.arch} base_width={args.base_width} stem={args.stem}"
-    print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}")
+    print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}, neurons {args.backend}")
     threads = torch.get_num_threads()
     print(f"device  {device}, {threads} threads, {args.rounds} rounds after {args.warmup} warm-up")
     print(f"malloc  {'freed memory kept (as a worker)' if kept else 'system defaults'}")
-    print(f"forward off  median {statistics.median(times_off) * 1e3:8.2f} ms")
-    print(f"forward on   median {statistics.median(times_on) * 1e3:8.2f} ms")
-    overhead = 100 * (ratio - 1)
-    print(
-        f"ratio on/off {ratio:.3f} (quartiles {low:.3f}-{high:.3f}); overhead {overhead:+.1f}%, target < +5%"
-    )
-    if device.type == "cpu":
-        cpu_ratio = statistics.median(cpu_ratios)
-        cpu_low, _, cpu_high = statistics.quantiles(cpu_ratios, n=4)
-        print(
-            f"CPU time on/off {cpu_ratio:.3f} (quartiles {cpu_low:.3f}-{cpu_high:.3f}); "
-            f"overhead {100 * (cpu_ratio - 1):+.1f}%"
-        )
+    print(f"forward off          median {statistics.median(wall['off']) * 1e3:8.2f} ms")
+    for name, label in (("summary", "on, summary answer"), ("layers", "on, layers answer ")):
+        print(f"forward {label} median {statistics.median(wall[name]) * 1e3:8.2f} ms")
+    for name, label in (("summary", "summary"), ("layers", "layers ")):
+        print(f"{label}  " + _ratio_line("wall", wall[name], wall["off"]))
+        if device.type == "cpu":  # CPU time: waiting for a core another program holds does not count
+            print(f"{label}  " + _ratio_line("CPU time", cpu[name], cpu["off"]))
+    print("target: overhead < +5% (the summary answer is what every request pays by default)")
+
+
+def _ratio_line(what: str, on: list[float], off: list[float]) -> str:
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
+    ratio = statistics.median(ratios)
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return f"{what} on/off {ratio:.3f} (quartiles {low:.3f}-{high:.3f}); overhead {100 * (ratio - 1):+.1f}%"
 
 
 if __name__ == "__main__":

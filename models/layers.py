@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.synaptic_ops import conv_synaptic_ops, linear_synaptic_ops
+from models.synaptic_ops import conv_macs_per_step, conv_synaptic_ops, linear_synaptic_ops
 
 InputKind = bool | Literal["auto"]  # the ``analog_input`` of a synaptic layer
 
@@ -47,16 +47,16 @@ class SeqConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         steps = x.shape[0]
-        y = unfold_time(super().forward(fold_time(x)), steps)
         recorder = telemetry.current_recorder()
-        if recorder is not None:
-            kernel_macs = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
-            macs_per_step = kernel_macs * y[0, 0].numel()
-            sops = None
-            if not fed_by_real_values(self.analog_input, x):
-                events = recorder.input_events(x)
-                sops = conv_synaptic_ops(self, x, events, (y.shape[-2], y.shape[-1]))
-            recorder.record_synapse(self, macs_per_step, steps, sops)
+        if recorder is None:
+            return unfold_time(super().forward(fold_time(x)), steps)
+        # counted before the conv runs: its input was just written and is still in the cache, where
+        # after the conv its output and workspace have pushed it out (the count then read it from memory)
+        sops = None
+        if not fed_by_real_values(self.analog_input, x):
+            sops = conv_synaptic_ops(self, x, recorder.input_events(x))
+        y = unfold_time(super().forward(fold_time(x)), steps)
+        recorder.record_synapse(self, conv_macs_per_step(self, x), steps, sops)
         return y
 
 

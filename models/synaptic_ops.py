@@ -22,6 +22,7 @@ channels add up in float64.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -30,42 +31,84 @@ import torch.nn.functional as F
 
 
 class SynapticOps(NamedTuple):
-    """Per-sample synaptic operations of one layer call: exact and nominal, each [B] float64."""
+    """Per-sample synaptic operations of one layer call, kept as the reductions the layer made.
 
-    exact: torch.Tensor
-    nominal: torch.Tensor
+    A forward reports about one of these per synaptic layer, so turning them into counts is left to
+    ``telemetry.TelemetryRecorder.report``, which moves every layer's reductions to the host in one
+    go and does the arithmetic on lists: per layer and call that is two tensor ops (the product and
+    its reshape), where doing it here cost about seven small ops, each dearer than the numbers.
+
+    events: [B] input events per sample (int64, or float32 holding integers);
+    weighted: the input weighted by its fan-out map, [S, B] (S: steps, or 1) or None where every
+    event reaches ``per_event`` outputs; exact = ``per_weighted`` x the sum of a sample's column,
+    else ``per_event`` x events; nominal = ``nominal_per_event`` x events.
+    """
+
+    events: torch.Tensor
+    weighted: torch.Tensor | None
+    per_weighted: float
+    per_event: float
+    nominal_per_event: float
+
+    @property
+    def exact(self) -> torch.Tensor:
+        """[B] float64."""
+        if self.weighted is None:
+            return self.events.to(torch.float64) * self.per_event
+        return self.weighted.sum(dim=0, dtype=torch.float64) * self.per_weighted
+
+    @property
+    def nominal(self) -> torch.Tensor:
+        """[B] float64."""
+        return self.events.to(torch.float64) * self.nominal_per_event
+
+    def reductions(self) -> list[torch.Tensor]:
+        """The tensors ``counts_from`` reads, in order: events, then the weighted sums if any."""
+        return [self.events] if self.weighted is None else [self.events, self.weighted]
+
+    def counts_from(self, host: Iterator[list[float]]) -> tuple[list[float], list[float]]:
+        """(exact, nominal) per sample, from the host lists of ``reductions()`` taken off ``host``."""
+        events = next(host)
+        if self.weighted is None:
+            exact = [count * self.per_event for count in events]
+        else:
+            weighted, batch = next(host), len(events)  # [S, B] flattened: a sample every B values
+            exact = [sum(weighted[b::batch]) * self.per_weighted for b in range(batch)]
+        return exact, [count * self.nominal_per_event for count in events]
 
     def first(self, batch: int) -> SynapticOps:
         """The first ``batch`` samples (a CUDA-graph replay drops its padding rows), copied."""
-        return SynapticOps(self.exact[:batch].clone(), self.nominal[:batch].clone())
+        weighted = None if self.weighted is None else self.weighted[:, :batch].clone()
+        return self._replace(events=self.events[:batch].clone(), weighted=weighted)
 
 
 def linear_synaptic_ops(linear: nn.Linear, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
     """x: [T, B, ..., in] events; events: [B] their total. Each event reaches every output."""
-    count = events.to(torch.float64) * linear.out_features
-    return SynapticOps(count, count)
+    return SynapticOps(events, None, 0.0, float(linear.out_features), float(linear.out_features))
 
 
-def conv_synaptic_ops(
-    conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor, out_size: tuple[int, int]
-) -> SynapticOps:
-    """x: [T, B, C_in, H, W] events; events: [B] their total; out_size: the conv's (H', W')."""
-    plan = _plan(conv, x, out_size)
-    total = events.to(torch.float64)
-    nominal = total * plan.nominal_per_event
+def conv_macs_per_step(conv: nn.Conv2d, x: torch.Tensor) -> int:
+    """MACs of ``conv`` on one sample at one step of x: [T, B, C_in, H, W]."""
+    return conv_plan(conv, x).macs_per_step
+
+
+def conv_synaptic_ops(conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
+    """x: [T, B, C_in, H, W] events; events: [B] their total."""
+    plan = conv_plan(conv, x)
+    ops = SynapticOps(events, None, plan.channels_reached, plan.full_per_event, plan.nominal_per_event)
     if plan.padded:
-        return SynapticOps(_padded_count(conv, x) * plan.channels_reached, nominal)
+        return ops._replace(weighted=_padded_count(conv, x).unsqueeze(0))
     if plan.weights is None:  # every position reaches the same number of outputs
-        return SynapticOps(total * plan.full_per_event, nominal)
+        return ops
     steps, batch = x.shape[0], x.shape[1]
-    values = x.detach() if x.dtype == plan.weights.dtype else x.detach().float()
+    values = x.detach() if x.requires_grad else x  # no graph behind a count (training with telemetry on)
+    values = values if values.dtype == plan.weights.dtype else values.float()
     if plan.weights.numel() > x.shape[-1] * x.shape[-2]:  # the map repeated over the channels
-        weighted = torch.mv(values.reshape(steps * batch, -1), plan.weights)  # [T*B]
-        reached = weighted.view(steps, batch).sum(dim=0, dtype=torch.float64)
+        weighted = torch.mv(values.reshape(steps * batch, -1), plan.weights).view(steps, batch)
     else:  # one row per channel: a row's sum stays exact in float32, the channels add up in float64
-        weighted = torch.mv(values.reshape(-1, plan.weights.numel()), plan.weights)  # [T*B*C]
-        reached = weighted.view(steps, batch, -1).sum(dim=(0, 2), dtype=torch.float64)
-    return SynapticOps(reached * plan.channels_reached, nominal)
+        per_channel = torch.mv(values.reshape(-1, plan.weights.numel()), plan.weights)  # [T*B*C]
+        weighted = per_channel.view(steps, batch, -1).sum(dim=2, dtype=torch.float64)
+    return ops._replace(weighted=weighted)
 
 
 class _ConvPlan(NamedTuple):
@@ -75,7 +118,8 @@ class _ConvPlan(NamedTuple):
     position, float32, [C*H*W] (repeated over the input channels) or [H*W] (one channel).
     """
 
-    channels_reached: int
+    macs_per_step: int  # per sample
+    channels_reached: float
     nominal_per_event: float
     full_per_event: float  # outputs an event reaches where nothing cuts its fan-out
     padded: bool  # a non-zero padding mode: count through the padded copies
@@ -87,23 +131,35 @@ class _ConvPlan(NamedTuple):
 _EXACT_ROW_LIMIT = 2**22
 
 
-# The plans of one conv, by (input height, width, output size, device). Kept on the layer itself, so
-# that the per-call look-up is one dict access: a conv's geometry is fixed when it is built.
+# The plans of one conv, by (input height, width, device). Kept on the layer itself, so that the
+# per-call look-up is one dict access: a conv's geometry is fixed when it is built.
 _PLANS_ATTRIBUTE = "_synaptic_ops_plans"
 
 
-def _plan(conv: nn.Conv2d, x: torch.Tensor, out_size: tuple[int, int]) -> _ConvPlan:
-    key = (x.shape[-2], x.shape[-1], out_size, x.device)
+def conv_plan(conv: nn.Conv2d, x: torch.Tensor) -> _ConvPlan:
+    """The counting plan of ``conv`` for inputs of x's size (x: [..., C_in, H, W]), made once."""
+    key = (x.shape[-2], x.shape[-1], x.device)
     plans: dict[tuple[object, ...], _ConvPlan] = conv.__dict__.setdefault(_PLANS_ATTRIBUTE, {})
     plan = plans.get(key)
     if plan is None:
-        plan = plans[key] = _conv_plan(conv, x.shape[-2], x.shape[-1], out_size, x.device)
+        plan = plans[key] = _conv_plan(conv, x.shape[-2], x.shape[-1], x.device)
     return plan
 
 
-def _conv_plan(
-    conv: nn.Conv2d, height: int, width: int, out_size: tuple[int, int], device: torch.device
-) -> _ConvPlan:
+def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
+    """(H', W') of ``conv`` on an (H, W) input, without running it."""
+    left, right, top, bottom = (int(pad) for pad in conv._reversed_padding_repeated_twice)
+    sizes = []
+    paddings = (top + bottom, left + right)
+    for size, padding, kernel, stride, dilation in zip(
+        (height, width), paddings, conv.kernel_size, conv.stride, conv.dilation, strict=True
+    ):
+        sizes.append((size + padding - dilation * (kernel - 1) - 1) // stride + 1)
+    return sizes[0], sizes[1]
+
+
+def _conv_plan(conv: nn.Conv2d, height: int, width: int, device: torch.device) -> _ConvPlan:
+    out_size = conv_output_size(conv, height, width)
     kernel_h, kernel_w = int(conv.kernel_size[0]), int(conv.kernel_size[1])
     pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice  # as kept for numeric and "same" padding
     channels_reached = conv.out_channels // conv.groups
@@ -113,7 +169,8 @@ def _conv_plan(
     rows = _axis_fanout(height, kernel_h, conv.stride[0], int(pad_h), conv.dilation[0], out_size[0])
     cols = _axis_fanout(width, kernel_w, conv.stride[1], int(pad_w), conv.dilation[1], out_size[1])
     full = rows.full * cols.full
-    plan = _ConvPlan(channels_reached, nominal, float(full * channels_reached), False, None)
+    reached = float(channels_reached)
+    plan = _ConvPlan(macs_per_step, reached, nominal, full * reached, False, None)
     if conv.padding_mode != "zeros":
         return plan._replace(padded=True)
     if len(set(rows.counts)) == 1 and len(set(cols.counts)) == 1:

@@ -51,7 +51,7 @@ _OPEN_LOCK = threading.Lock()
 class _SpikeTally:
     neurons: int  # per sample, per time step
     time_steps: int = 0
-    spikes: torch.Tensor | None = None  # [B] int64, on the layer's device
+    counts: list[torch.Tensor] = field(default_factory=list)  # [B] spikes per sample, one per call
 
 
 @dataclass
@@ -59,8 +59,7 @@ class _SynapseTally:
     analog_input: bool
     macs: int = 0  # per sample, summed over time steps
     time_steps: int = 0
-    synaptic_ops: torch.Tensor | None = None  # [B] float64, exact
-    synaptic_ops_nominal: torch.Tensor | None = None  # [B] float64, rate x T x MACs
+    calls: list[SynapticOps] = field(default_factory=list)  # one per call fed by events
 
 
 class LayerTelemetry(NamedTuple):
@@ -148,13 +147,13 @@ class TelemetryRecorder:
     def record_spikes(
         self, module: nn.Module, spikes_per_sample: torch.Tensor, neurons: int, time_steps: int
     ) -> None:
-        """A spiking layer fired ``spikes_per_sample`` ([B] int) over ``time_steps`` steps.
-
-        ``neurons`` counts the layer's neurons for one sample at one step.
-        """
-        tally = self._spikes.setdefault(self._name(module), _SpikeTally(neurons=neurons))
-        counts = spikes_per_sample.detach().to(torch.int64)
-        tally.spikes = counts if tally.spikes is None else tally.spikes + counts
+        """A spiking layer fired ``spikes_per_sample`` ([B] int64, or float32 holding integers) over
+        ``time_steps`` steps. ``neurons`` counts the layer's neurons for one sample at one step."""
+        tally = self._spikes.get(self._name(module))
+        if tally is None:
+            tally = self._spikes[self._name(module)] = _SpikeTally(neurons=neurons)
+        counts = spikes_per_sample
+        tally.counts.append(counts.detach() if counts.requires_grad else counts)
         tally.time_steps += time_steps
 
     def remember_spikes(self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor) -> None:
@@ -184,29 +183,36 @@ class TelemetryRecorder:
         ``synaptic_ops`` (each [B]): the exact and nominal SOPs of a layer fed by events; ``None``
         for a layer fed by real values, whose MACs all count as MACs.
         """
-        analog = synaptic_ops is None
-        tally = self._synapses.setdefault(self._name(module), _SynapseTally(analog_input=analog))
+        name = self._name(module)
+        tally = self._synapses.get(name)
+        if tally is None:
+            tally = self._synapses[name] = _SynapseTally(analog_input=synaptic_ops is None)
         tally.macs += macs_per_step * time_steps
         tally.time_steps += time_steps
-        if synaptic_ops is not None:  # float64 already (SynapticOps); no conversion on this hot path
-            exact, nominal = synaptic_ops.exact.detach(), synaptic_ops.nominal.detach()
-            tally.synaptic_ops = exact if tally.synaptic_ops is None else tally.synaptic_ops + exact
-            nominal_so_far = tally.synaptic_ops_nominal
-            tally.synaptic_ops_nominal = nominal if nominal_so_far is None else nominal_so_far + nominal
+        if synaptic_ops is not None:  # kept as the layer's reductions: report() does the arithmetic
+            tally.calls.append(synaptic_ops)
 
-    def report(self) -> list[SampleTelemetry]:
-        """Per-sample telemetry, one entry per batch element (a single host transfer per tensor).
+    def report(self, synaptic_layers: bool = True) -> list[SampleTelemetry]:
+        """Per-sample telemetry, one entry per batch element (one host transfer per dtype).
 
         What is the same for every sample of the batch (names, capacities, the MACs of layers fed by
         real values, the totals of MACs) is worked out once; the per-sample loop only reads counts.
+        ``synaptic_layers=False`` leaves each sample's ``synaptic_layers`` empty (the totals are the
+        same): only ``telemetry=layers`` answers carry them, and building them is half the report.
         """
-        # lists, not tensors: indexing a tensor per sample and layer made report() 3x slower
-        spiking = [(name, t) for name, t in self._spikes.items() if t.spikes is not None]
-        spike_rows = list(zip(*(t.spikes.cpu().tolist() for _, t in spiking), strict=True))
+        spiking = [(name, t) for name, t in self._spikes.items() if t.counts]
         synapses = list(self._synapses.items())
         event_layers = [t for _, t in synapses if not t.analog_input]
-        exact_rows = list(zip(*(t.synaptic_ops.cpu().tolist() for t in event_layers), strict=True))
-        nominal_rows = list(zip(*(t.synaptic_ops_nominal.cpu().tolist() for t in event_layers), strict=True))
+        reductions = [count for _, t in spiking for count in t.counts]
+        for t in event_layers:
+            for call in t.calls:
+                reductions.extend(call.reductions())
+        # lists, not tensors: indexing a tensor per sample and layer made report() 3x slower
+        on_host = iter(_to_host_lists(reductions))
+        spike_rows = _columns([_add_up([next(on_host) for _ in t.counts]) for _, t in spiking])
+        per_layer = [[call.counts_from(on_host) for call in t.calls] for t in event_layers]
+        exact_rows = _columns([_add_up([exact for exact, _ in calls]) for calls in per_layer])
+        nominal_rows = _columns([_add_up([nominal for _, nominal in calls]) for calls in per_layer])
         batch = len(spike_rows) if spiking else len(exact_rows)
         capacities = [t.neurons * t.time_steps for _, t in spiking]
         total_capacity = sum(capacities)
@@ -221,35 +227,80 @@ class TelemetryRecorder:
                 for (name, t), count, capacity in zip(spiking, spikes, capacities, strict=True)
             )
             exact, nominal = (exact_rows[b], nominal_rows[b]) if event_layers else ((), ())
-            work = []  # (name, input, macs, exact, nominal, energy in pJ)
-            k = 0
-            for name, synapse in synapses:
-                if synapse.analog_input:
-                    work.append((name, "real", synapse.macs, 0.0, 0.0, E_MAC_PJ * synapse.macs))
-                else:
-                    work.append((name, "events", synapse.macs, exact[k], nominal[k], E_AC_PJ * exact[k]))
-                    k += 1
-            energy_pj = sum(entry[5] for entry in work)
-            share = 1.0 / energy_pj if energy_pj else 0.0
             total_spikes = sum(spikes)
+            total_exact = float(sum(exact))
+            energy_pj = E_MAC_PJ * real_macs + E_AC_PJ * total_exact
             samples.append(
                 SampleTelemetry(
                     spike_rate=total_spikes / total_capacity if total_capacity else 0.0,
                     spikes=total_spikes,
-                    synaptic_ops=float(sum(exact)),
+                    synaptic_ops=total_exact,
                     synaptic_ops_nominal=float(sum(nominal)),
                     macs=real_macs,
                     dense_macs=dense_macs,
                     energy_uj=energy_pj * 1e-6,
                     ann_energy_uj=ann_energy_uj,
                     layers=layers,
-                    synaptic_layers=tuple(
-                        SynapticLayerTelemetry(name, kind, float(macs), ex, nom, pj * 1e-6, pj * share)
-                        for name, kind, macs, ex, nom, pj in work
+                    synaptic_layers=(
+                        _synaptic_layers(synapses, exact, nominal, energy_pj) if synaptic_layers else ()
                     ),
                 )
             )
         return samples
+
+
+def _synaptic_layers(
+    synapses: list[tuple[str, _SynapseTally]],
+    exact: Sequence[float],
+    nominal: Sequence[float],
+    energy_pj: float,
+) -> tuple[SynapticLayerTelemetry, ...]:
+    """One sample's per-layer work: ``exact``/``nominal`` hold its SOPs of the event-fed layers, in order."""
+    share = 1.0 / energy_pj if energy_pj else 0.0
+    layers = []
+    k = 0
+    for name, synapse in synapses:
+        if synapse.analog_input:
+            pj = E_MAC_PJ * synapse.macs
+            layers.append(
+                SynapticLayerTelemetry(name, "real", float(synapse.macs), 0.0, 0.0, pj * 1e-6, pj * share)
+            )
+        else:
+            pj = E_AC_PJ * exact[k]
+            layers.append(
+                SynapticLayerTelemetry(
+                    name, "events", float(synapse.macs), exact[k], nominal[k], pj * 1e-6, pj * share
+                )
+            )
+            k += 1
+    return tuple(layers)
+
+
+def _to_host_lists(tensors: Sequence[torch.Tensor]) -> list[list[float]]:
+    """Each tensor flattened to a host list, in order: one concatenation and one transfer per dtype,
+    where one per tensor cost a host sync (on a GPU) and a few microseconds each."""
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_dtype.setdefault(tensor.dtype, []).append(index)
+    lists: list[list[float]] = [[] for _ in tensors]
+    for indices in by_dtype.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indices]).tolist()
+        start = 0
+        for i in indices:
+            end = start + tensors[i].numel()
+            lists[i] = flat[start:end]
+            start = end
+    return lists
+
+
+def _add_up(per_call: list[list[float]]) -> list[float]:
+    """Per-sample sums over the calls of one layer: [[B] per call] -> [B]."""
+    return per_call[0] if len(per_call) == 1 else [sum(values) for values in zip(*per_call, strict=True)]
+
+
+def _columns(per_layer: list[list[float]]) -> list[tuple[float, ...]]:
+    """[layer][sample] -> [sample][layer]."""
+    return list(zip(*per_layer, strict=True))
 
 
 def layer_names(model: nn.Module) -> dict[int, str]:
@@ -297,7 +348,7 @@ def event_count(x: torch.Tensor) -> torch.Tensor:
     right for SEW sums where two coinciding spikes are two synaptic events.
     """
     dims = tuple(d for d in range(x.dim()) if d != 1)
-    return x.detach().sum(dim=dims, dtype=torch.float32)
+    return (x.detach() if x.requires_grad else x).sum(dim=dims, dtype=torch.float32)
 
 
 def sum_over_steps(steps: Sequence[SampleTelemetry]) -> SampleTelemetry:

@@ -447,7 +447,9 @@ class Engine:
                 elif want_telemetry:
                     with telemetry.record(model) as recorder:
                         logits = forward(x)
-                    samples = [sample.as_dict(with_layers=True) for sample in recorder.report()]
+                    per_layer_work = any(request.telemetry == "layers" for request in requests)
+                    report = recorder.report(synaptic_layers=per_layer_work)
+                    samples = [sample.as_dict(with_layers=True) for sample in report]
                 else:
                     logits = forward(x)
                 probabilities = torch.softmax(logits.float(), dim=-1)

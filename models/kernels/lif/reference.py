@@ -94,6 +94,7 @@ def multistep_lif(
         outs.append(torch.relu(h) if analog_output else spike)
     stacked = torch.stack(outs)  # [T, B, F] in the compute dtype, so the counts below are exact
     if count_spikes and not analog_output:
-        counts = stacked.detach().sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
+        spikes = stacked.detach() if stacked.requires_grad else stacked
+        counts = spikes.sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
     out = stacked.to(x.dtype)
     return LIFResult(out=out, v=v if return_v else None, spike_count=counts)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.synaptic_ops import conv_synaptic_ops
+from models.synaptic_ops import conv_output_size, conv_synaptic_ops
 from models.telemetry import event_count
 
 
@@ -32,6 +32,7 @@ GEOMETRIES = {
     "5x5 padding 2 (two cut rows a side)": dict(kernel_size=5, padding=2),
     "3x3 dilation 2, padding 2": dict(kernel_size=3, padding=2, dilation=2),
     "3x3 no padding": dict(kernel_size=3),
+    '4x4 "same" (one more padded column on the right)': dict(kernel_size=4, padding="same"),
 }
 
 
@@ -47,5 +48,14 @@ def test_exact_count_equals_the_brute_force(
     x = torch.randint(0, 3, (steps, 2, in_channels, *size)).float()  # 2 = a SEW sum of two spikes
     x[..., 0, 0] = 2.0  # a busy corner
     out = conv(x.flatten(0, 1)).shape[-2:]
-    sops = conv_synaptic_ops(conv, x, event_count(x), (out[0], out[1]))
+    assert conv_output_size(conv, *size) == tuple(out)
+    sops = conv_synaptic_ops(conv, x, event_count(x))
     assert torch.equal(sops.exact, brute_force(conv, x))
+
+
+def test_the_first_samples_are_those_of_the_whole_batch() -> None:
+    conv = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+    x = (torch.rand(2, 5, 3, 6, 6, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    sops = conv_synaptic_ops(conv, x, event_count(x))
+    first = sops.first(3)
+    assert torch.equal(first.exact, sops.exact[:3]) and torch.equal(first.nominal, sops.nominal[:3])

@@ -154,3 +154,36 @@ def test_names_kept_by_the_caller_give_the_same_report() -> None:
         net(x)
     assert fresh.report() == kept.report()
     assert [layer.name for layer in kept.report()[0].layers] == ["1", "3"]
+
+
+def test_a_report_without_the_synaptic_layers_has_the_same_totals() -> None:
+    net = nn.Sequential(SeqConv2d(2, 4, 3, padding=1), LIF(), SeqConv2d(4, 4, 3, stride=2, padding=1), LIF())
+    x = (torch.rand(3, 4, 2, 7, 7, generator=torch.Generator().manual_seed(1)) < 0.4).float()
+    with torch.inference_mode(), telemetry.record(net) as recorder:
+        net(x)
+    full, summary = recorder.report(), recorder.report(synaptic_layers=False)
+    assert all(sample.synaptic_layers for sample in full)
+    assert all(sample.synaptic_layers == () for sample in summary)
+    for whole, short in zip(full, summary, strict=True):
+        assert short.layers == whole.layers
+        assert short.spikes == whole.spikes and short.synaptic_ops == whole.synaptic_ops
+        assert short.synaptic_ops_nominal == whole.synaptic_ops_nominal
+        assert short.energy_uj == pytest.approx(sum(layer.energy_uj for layer in whole.synaptic_layers))
+
+
+def test_a_layer_called_twice_in_one_forward_adds_up_its_calls() -> None:
+    conv, lif = SeqConv2d(2, 3, 3, padding=1), LIF()
+    x = (torch.rand(2, 2, 2, 5, 5, generator=torch.Generator().manual_seed(2)) < 0.5).float()
+    with torch.inference_mode(), telemetry.record(nn.ModuleList([conv, lif])) as twice:
+        lif(conv(x))
+        lif(conv(x.flip(-1)))
+    with torch.inference_mode(), telemetry.record(nn.ModuleList([conv, lif])) as once:
+        lif(conv(x))
+    first = once.report()
+    with torch.inference_mode(), telemetry.record(nn.ModuleList([conv, lif])) as other:
+        lif(conv(x.flip(-1)))
+    second = other.report()
+    for both, a, b in zip(twice.report(), first, second, strict=True):
+        assert both.spikes == a.spikes + b.spikes
+        assert both.synaptic_ops == a.synaptic_ops + b.synaptic_ops
+        assert both.synaptic_ops_nominal == pytest.approx(a.synaptic_ops_nominal + b.synaptic_ops_nominal)
