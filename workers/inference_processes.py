@@ -187,7 +187,7 @@ class InferenceProcesses:
         self._children: dict[int, _Child] = {}
         self._idle: queue.Queue[_Child] = queue.Queue()
         self._lock = threading.Lock()  # guards _children and every child's unload lists
-        self._closing = False
+        self._closing = threading.Event()
         self._replacing: list[threading.Thread] = []
         # Process.start() reaps every finished child of this process (multiprocessing's _cleanup); a
         # second waitpid at the same moment in another thread fails and reads a dead child as running.
@@ -204,14 +204,16 @@ class InferenceProcesses:
         try:
             for child in spawned:
                 self._wait_ready(child)
+            with self._lock:
+                if self._closing.is_set():
+                    raise WorkerUnavailableError("the inference processes were closed while starting")
+                for child in spawned:
+                    self._children[child.index] = child
+                    self._idle.put(child)
         except BaseException:
             for child in spawned:
-                self._end(child)
+                self._end(child, patience_s=0.0)
             raise
-        with self._lock:
-            for child in spawned:
-                self._children[child.index] = child
-                self._idle.put(child)
         metrics.set_models_loaded(len(self.loaded()))
         log.info("%d inference processes ready in %.2f s", self.count, time.perf_counter() - started)
 
@@ -219,7 +221,7 @@ class InferenceProcesses:
         """End every child (call once no ``run_batch`` is running): each finishes what it computes,
         then is terminated if it does not exit."""
         with self._lock:
-            self._closing = True
+            self._closing.set()
             children = list(self._children.values())
             self._children.clear()
         for child in children:
@@ -244,7 +246,9 @@ class InferenceProcesses:
     def _wait_ready(self, child: _Child) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            while not child.conn.poll(1.0):
+            while not child.conn.poll(0.2):
+                if self._closing.is_set():
+                    raise WorkerUnavailableError("the inference processes are closing")
                 if time.monotonic() > deadline:
                     raise WorkerUnavailableError(f"inference process {child.worker_id} did not start in time")
             reply = _unpack(child.conn.recv_bytes())
@@ -255,10 +259,12 @@ class InferenceProcesses:
             ) from None
         child.apply(reply)
 
-    def _end(self, child: _Child) -> None:
+    def _end(self, child: _Child, patience_s: float = STOP_TIMEOUT_S) -> None:
+        """Ask ``child`` to stop; terminate it when it has not after ``patience_s`` (0: a child
+        still starting is terminated at once)."""
         with contextlib.suppress(EOFError, OSError):  # it may be gone already
             child.conn.send_bytes(_pack({"op": "stop"}))
-        if self._exit_code(child, STOP_TIMEOUT_S) is None:
+        if self._exit_code(child, patience_s) is None:
             log.warning("inference process %s did not stop; terminating it", child.worker_id)
             child.process.terminate()
             if self._exit_code(child, STOP_TIMEOUT_S) is None:
@@ -325,7 +331,7 @@ class InferenceProcesses:
         exitcode = self._exit_code(child, STOP_TIMEOUT_S)
         child.conn.close()
         with self._lock:
-            if self._closing or self._children.get(child.index) is not child:
+            if self._closing.is_set() or self._children.get(child.index) is not child:
                 return exitcode
             del self._children[child.index]
             held = {key for other in self._children.values() for key in other.holds()}
@@ -343,18 +349,20 @@ class InferenceProcesses:
 
     def _start_replacement(self, index: int, preload: list[ModelKey]) -> None:
         attempt = 0
-        while not self._closing:
-            new = self._spawn(index, preload)
+        while not self._closing.is_set():
+            new = self._spawn(index, preload)  # close() joins this thread: it ends a child it starts
             try:
                 self._wait_ready(new)
             except WorkerUnavailableError:
+                self._end(new, patience_s=0.0)
+                if self._closing.is_set():
+                    return
                 log.exception("the replacement of inference process %d did not start", index)
-                self._end(new)
-                time.sleep(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
+                self._closing.wait(RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)])
                 attempt += 1
                 continue
             with self._lock:
-                if not self._closing:
+                if not self._closing.is_set():
                     self._children[index] = new
                     self._idle.put(new)
                     log.info("inference process %s replaced", new.worker_id)

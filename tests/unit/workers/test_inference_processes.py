@@ -191,3 +191,31 @@ def test_close_ends_every_child(registry_root: Path) -> None:
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
     pool.close()
     assert not any(alive(pid) for pid in pids)
+
+
+def test_close_while_starting_ends_the_children_that_were_starting(registry_root: Path) -> None:
+    import multiprocessing
+
+    pool = InferenceProcesses(config(registry_root), count=2, worker_id="aborted")
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            pool.start([(IMAGE_MODEL, 1)])
+        except BaseException as exc:
+            failure.append(exc)
+
+    def starting_pids() -> set[int]:  # the processes of this pool, before they are its children
+        return {child.pid for child in multiprocessing.active_children() if child.pid} - before
+
+    before = {child.pid for child in multiprocessing.active_children() if child.pid}
+    starting = threading.Thread(target=start)
+    starting.start()
+    wait_until(lambda: len(starting_pids()) >= 2)
+    pids = starting_pids()
+    pool.close()
+    starting.join(timeout=30)
+    assert not starting.is_alive()
+    assert failure and ("closed" in str(failure[0]) or "closing" in str(failure[0]))
+    assert not any(alive(pid) for pid in pids)
+    assert pool.pids() == []
