@@ -68,6 +68,7 @@ def run_early_exit(
     *,
     forward: Forward | None = None,
     with_telemetry: bool = False,
+    names: dict[int, str] | None = None,
 ) -> EarlyExitResult:
     """Run ``x`` step by step and stop each sample at its first confident step.
 
@@ -76,7 +77,8 @@ def run_early_exit(
     network's dtype and device. threshold: a float or [B] floats in (0, 1]; min_steps: an int or
     [B] ints >= 1 (a sample never stops before it). forward: what runs one step, ``[1, b, ...] ->
     [b, classes]`` (default: ``model`` itself, whose mean over one step is that step's output).
-    with_telemetry: record each step and sum each sample's steps with ``telemetry.sum_over_steps``.
+    with_telemetry: record each step and sum each sample's steps with ``telemetry.sum_over_steps``;
+    names: ``telemetry.layer_names(model)`` kept by the caller (else worked out once here).
     """
     blocker = early_exit_blocker(model)
     if blocker is not None:
@@ -90,10 +92,12 @@ def run_early_exit(
     steps_used = torch.full((batch,), steps, dtype=torch.int64)
     per_step: list[list[SampleTelemetry]] = [[] for _ in range(batch)]
     state = StepState()  # this call's membranes; the network's own attributes stay as they are
+    if with_telemetry and names is None:
+        names = telemetry.layer_names(model)  # once, not at every step
     with stepping(state):
         for t in range(steps):
             step_x = x[t : t + 1] if len(rows) == batch else x[t : t + 1].index_select(1, rows)
-            recording = telemetry.record(model) if with_telemetry else contextlib.nullcontext()
+            recording = telemetry.record(model, names) if with_telemetry else contextlib.nullcontext()
             with recording as recorder:
                 out = run(step_x).float()  # [b, classes]
             if recorder is not None:

@@ -82,6 +82,7 @@ def run(
             torch.tensor([float(request.exit_threshold or 1.0) for request in requests]),
             torch.tensor([request.min_steps for request in requests]),
             with_telemetry=want_telemetry,
+            names=loaded.layer_names,
         )
     samples = [sample.as_dict(with_layers=True) for sample in result.telemetry or ()]
     return result.logits, result.steps_used.tolist(), samples
