@@ -8,8 +8,9 @@ SpikingJelly 2.0 (when installed), ours; with the ratios against the baselines o
 Paths: ``eager`` is the reference loop (models/kernels/lif/reference.py) as PyTorch runs it;
 ``torch.compile`` is that loop under torch.compile (what a user would try first); ``spikingjelly``
 is ``LIFNode(step_mode="m")`` (its CPU path on a CPU, its own CUDA/Triton kernels on a GPU);
-``ours`` is our dispatcher: the inductor backend on a CPU, the Triton kernel on a GPU, with
-the per-sample spike count (telemetry) on or off. GB/s counts the input read plus the output
+``ours`` is our dispatcher: the inductor and native backends on a CPU, the Triton kernel on a
+GPU, with the per-sample spike count (telemetry) on or off, and on a CPU the per-position count
+an exact synaptic-operation count reads. GB/s counts the input read plus the output
 written, in their dtypes. Times: GPU, median of triton's do_bench (CUDA events, L2 flushed);
 CPU, median of torch.utils.benchmark's blocked_autorange.
 """
@@ -106,12 +107,17 @@ def bench_workload(
         sj = None if plif else spikingjelly_node(2.0)
         if sj is not None:
             add("spikingjelly", lambda: sj(x))
-        ours = "triton" if device == "cuda" else "inductor"
-        add(f"ours ({ours})", lambda: multistep_lif(x, backend=ours, inv_tau=inv_tau).out)
-        add(
-            f"ours ({ours}) + spike count",
-            lambda: multistep_lif(x, backend=ours, inv_tau=inv_tau, count_spikes=True),
-        )
+        for ours in ("triton",) if device == "cuda" else ("inductor", "native"):
+            add(f"ours ({ours})", lambda ours=ours: multistep_lif(x, backend=ours, inv_tau=inv_tau).out)
+            add(
+                f"ours ({ours}) + spike count",
+                lambda ours=ours: multistep_lif(x, backend=ours, inv_tau=inv_tau, count_spikes=True),
+            )
+            if device == "cpu":  # what telemetry asks of a layer that feeds a conv (1,024 positions)
+                add(
+                    f"ours ({ours}) + count per position",
+                    lambda ours=ours: multistep_lif(x, backend=ours, inv_tau=inv_tau, count_positions=1024),
+                )
         if device == "cuda":
             add(
                 "ours (triton), uint8 spikes",

@@ -15,7 +15,11 @@ telemetry, dominate the difference.
 
     .venv/bin/python bench/telemetry.py                       # small DANet, MNIST-sized input
     .venv/bin/python bench/telemetry.py --arch danet_resnet50 --size 64 --batch 4
-    .venv/bin/python bench/telemetry.py --backend inductor   # the fused CPU neurons (g++ needed)
+    .venv/bin/python bench/telemetry.py --backend torch      # the eager reference neurons
+
+The neurons run on the backend a served network gets (``auto``: the one measured fastest here;
+on a CPU with a C compiler the native loop, which counts spikes as it fires) unless ``--backend``
+names one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import create_model, telemetry
+from models.kernels.lif import resolve_backend
 from workers.runtime import keep_freed_memory
 
 
@@ -51,7 +56,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--backend", default="torch", help="neuron backend: torch (eager), inductor, triton")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="neuron backend: auto (as served), torch (eager), inductor, native, triton",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument(
         "--system-malloc", action="store_true", help="leave glibc's malloc as it is (a worker tunes it)"
@@ -116,7 +125,8 @@ def main() -> None:
                 cpu[name].append(cpu_seconds)
 
     model_line = f"{args.arch} base_width={args.base_width} stem={args.stem}"
-    print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}, neurons {args.backend}")
+    neurons = resolve_backend(args.backend, device)
+    print(f"model   {model_line}, input [T, B, C, H, W] {list(shape)}, neurons {neurons} ({args.backend})")
     threads = torch.get_num_threads()
     print(f"device  {device}, {threads} threads, {args.rounds} rounds after {args.warmup} warm-up")
     print(f"malloc  {'freed memory kept (as a worker)' if kept else 'system defaults'}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.synaptic_ops import conv_macs_per_step, conv_synaptic_ops, linear_synaptic_ops
+from models.synaptic_ops import conv_plan, conv_synaptic_ops, linear_synaptic_ops
 
 InputKind = bool | Literal["auto"]  # the ``analog_input`` of a synaptic layer
 
@@ -55,11 +55,12 @@ class SeqConv2d(nn.Conv2d):
             return unfold_time(super().forward(fold_time(x)), steps)
         # counted before the conv runs: its input was just written and is still in the cache, where
         # after the conv its output and workspace have pushed it out (the count then read it from memory)
+        plan = conv_plan(self, x)
         sops = None
         if not fed_by_real_values(self.analog_input, x):
-            sops = conv_synaptic_ops(self, x, recorder.input_events(x))
+            sops = conv_synaptic_ops(self, x, *recorder.input_activity(x), plan=plan)
         y = unfold_time(super().forward(fold_time(x)), steps)
-        recorder.record_synapse(self, conv_macs_per_step(self, x), steps, sops)
+        recorder.record_synapse(self, plan.macs_per_step, steps, sops)
         return y
 
 

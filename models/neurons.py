@@ -72,6 +72,9 @@ class MultiStepNeuron(nn.Module):
         streaming = self.streaming or step_state is not None
         kept = self.v if step_state is None else step_state.membranes.get(id(self))
         v_init = kept if streaming and kept is not None and kept.shape == flat.shape[1:] else None
+        # a spiking conv-shaped output is counted per position after the kernel, in the same one pass
+        # as its total: the conv it feeds weighs those positions by their fan-out (exact SOPs)
+        count_by_position = recorder is not None and not self.analog_output and x.dim() == 5
         result = multistep_lif(
             flat,
             backend=self.backend,
@@ -84,17 +87,27 @@ class MultiStepNeuron(nn.Module):
             analog_output=self.analog_output,
             v_init=v_init,
             return_v=streaming,
-            count_spikes=recorder is not None,
+            count_spikes=recorder is not None and not count_by_position,
+            count_positions=x.shape[-1] * x.shape[-2] if count_by_position else 0,
         )
         if step_state is not None and result.v is not None:
             step_state.membranes[id(self)] = result.v.detach()
         elif self.streaming:
             self.v = None if result.v is None else result.v.detach()
-        if recorder is not None and result.spike_count is not None:
-            recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)
         out = result.out.reshape(x.shape)
-        if recorder is not None and result.spike_count is not None and not self.analog_output:
-            recorder.remember_spikes(out, result.spike_count)
+        if recorder is None:
+            return out
+        if count_by_position and result.spikes_per_position is not None:
+            per_position = result.spikes_per_position
+            count = result.spike_count  # where the loop counted as it fired
+            if count is None:
+                count = telemetry.events_per_sample(per_position, batch, most=steps * flat.shape[2])
+            recorder.record_spikes(self, count, neurons=flat.shape[2], time_steps=steps)
+            recorder.remember_spikes(out, count, per_position)
+        elif result.spike_count is not None:
+            recorder.record_spikes(self, result.spike_count, neurons=flat.shape[2], time_steps=steps)
+            if not self.analog_output:
+                recorder.remember_spikes(out, result.spike_count)
         return out
 
     def extra_repr(self) -> str:

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from models import telemetry
 from models.base import reset_state, set_backend, spiking_layers
-from models.kernels.lif import eager_neurons, resolve_backend
+from models.kernels.lif import COMPILING_BACKENDS, eager_neurons, resolve_backend
 from models.layers import SeqBatchNorm1d, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import MultiStepNeuron
 from models.synaptic_ops import SynapticOps
@@ -261,7 +261,8 @@ class InferenceModel:
 
     def needs_preparation(self) -> bool:
         """Whether the first call at a new T compiles or captures something (and so takes long)."""
-        return self._compiled is not None or self.report.cuda_graphs or self.report.neuron_backend != "torch"
+        compiles_neurons = self.report.neuron_backend in COMPILING_BACKENDS
+        return self._compiled is not None or self.report.cuda_graphs or compiles_neurons
 
     def prepare(self, time_steps: int, sample_shape: Sequence[int]) -> None:
         """Compile, then capture, everything a call at ``time_steps`` will use (any thread).

@@ -73,7 +73,9 @@ class SynapticOps(NamedTuple):
             exact = [count * self.per_event for count in events]
         else:
             weighted, batch = next(host), len(events)  # [S, B] flattened: a sample every B values
-            exact = [sum(weighted[b::batch]) * self.per_weighted for b in range(batch)]
+            if len(weighted) > batch:
+                weighted = [sum(weighted[b::batch]) for b in range(batch)]
+            exact = [value * self.per_weighted for value in weighted]
         return exact, [count * self.nominal_per_event for count in events]
 
     def first(self, batch: int) -> SynapticOps:
@@ -87,20 +89,27 @@ def linear_synaptic_ops(linear: nn.Linear, x: torch.Tensor, events: torch.Tensor
     return SynapticOps(events, None, 0.0, float(linear.out_features), float(linear.out_features))
 
 
-def conv_macs_per_step(conv: nn.Conv2d, x: torch.Tensor) -> int:
-    """MACs of ``conv`` on one sample at one step of x: [T, B, C_in, H, W]."""
-    return conv_plan(conv, x).macs_per_step
-
-
-def conv_synaptic_ops(conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
-    """x: [T, B, C_in, H, W] events; events: [B] their total."""
-    plan = conv_plan(conv, x)
-    ops = SynapticOps(events, None, plan.channels_reached, plan.full_per_event, plan.nominal_per_event)
+def conv_synaptic_ops(
+    conv: nn.Conv2d,
+    x: torch.Tensor,
+    events: torch.Tensor,
+    per_position: torch.Tensor | None = None,
+    plan: ConvPlan | None = None,
+) -> SynapticOps:
+    """x: [T, B, C_in, H, W] events; events: [B] their total; per_position: [S*B, H*W] float32, x
+    summed over its channels (and steps, S = 1), where the neuron that fired x made it: then x is
+    not read again. ``plan``: ``conv_plan(conv, x)`` where the caller has it already."""
+    plan = conv_plan(conv, x) if plan is None else plan
+    reached, full, nominal = plan.channels_reached, plan.full_per_event, plan.nominal_per_event
     if plan.padded:
-        return ops._replace(weighted=_padded_count(conv, x).unsqueeze(0))
+        return SynapticOps(events, _padded_count(conv, x).unsqueeze(0), reached, full, nominal)
     if plan.weights is None:  # every position reaches the same number of outputs
-        return ops
+        return SynapticOps(events, None, reached, full, nominal)
     steps, batch = x.shape[0], x.shape[1]
+    weights = plan.position_weights
+    if per_position is not None and weights is not None:  # the map is C times smaller than x
+        values = per_position if weights.dtype == torch.float32 else per_position.to(weights.dtype)
+        return SynapticOps(events, torch.mv(values, weights).view(-1, batch), reached, full, nominal)
     values = x.detach() if x.requires_grad else x  # no graph behind a count (training with telemetry on)
     values = values if values.dtype == plan.weights.dtype else values.float()
     if plan.weights.numel() > x.shape[-1] * x.shape[-2]:  # the map repeated over the channels
@@ -108,14 +117,16 @@ def conv_synaptic_ops(conv: nn.Conv2d, x: torch.Tensor, events: torch.Tensor) ->
     else:  # one row per channel: a row's sum stays exact in float32, the channels add up in float64
         per_channel = torch.mv(values.reshape(-1, plan.weights.numel()), plan.weights)  # [T*B*C]
         weighted = per_channel.view(steps, batch, -1).sum(dim=2, dtype=torch.float64)
-    return ops._replace(weighted=weighted)
+    return SynapticOps(events, weighted, reached, full, nominal)
 
 
-class _ConvPlan(NamedTuple):
+class ConvPlan(NamedTuple):
     """What a conv needs to count SOPs on one input size, prepared once.
 
     ``weights``: None where the fan-out is the same everywhere; else the fan-out of every input
     position, float32, [C*H*W] (repeated over the input channels) or [H*W] (one channel).
+    ``position_weights``: the same fan-out, [H*W], in the dtype that keeps a row of a per-position
+    event map times it exact (float32, or float64 for very wide layers); None with ``weights``.
     """
 
     macs_per_step: int  # per sample
@@ -124,6 +135,7 @@ class _ConvPlan(NamedTuple):
     full_per_event: float  # outputs an event reaches where nothing cuts its fan-out
     padded: bool  # a non-zero padding mode: count through the padded copies
     weights: torch.Tensor | None
+    position_weights: torch.Tensor | None
 
 
 # float32 counts exactly up to 2**24; a row of the product sums at most C*H*W products of an input
@@ -136,10 +148,10 @@ _EXACT_ROW_LIMIT = 2**22
 _PLANS_ATTRIBUTE = "_synaptic_ops_plans"
 
 
-def conv_plan(conv: nn.Conv2d, x: torch.Tensor) -> _ConvPlan:
+def conv_plan(conv: nn.Conv2d, x: torch.Tensor) -> ConvPlan:
     """The counting plan of ``conv`` for inputs of x's size (x: [..., C_in, H, W]), made once."""
     key = (x.shape[-2], x.shape[-1], x.device)
-    plans: dict[tuple[object, ...], _ConvPlan] = conv.__dict__.setdefault(_PLANS_ATTRIBUTE, {})
+    plans: dict[tuple[object, ...], ConvPlan] = conv.__dict__.setdefault(_PLANS_ATTRIBUTE, {})
     plan = plans.get(key)
     if plan is None:
         plan = plans[key] = _conv_plan(conv, x.shape[-2], x.shape[-1], x.device)
@@ -158,7 +170,7 @@ def conv_output_size(conv: nn.Conv2d, height: int, width: int) -> tuple[int, int
     return sizes[0], sizes[1]
 
 
-def _conv_plan(conv: nn.Conv2d, height: int, width: int, device: torch.device) -> _ConvPlan:
+def _conv_plan(conv: nn.Conv2d, height: int, width: int, device: torch.device) -> ConvPlan:
     out_size = conv_output_size(conv, height, width)
     kernel_h, kernel_w = int(conv.kernel_size[0]), int(conv.kernel_size[1])
     pad_w, _, pad_h, _ = conv._reversed_padding_repeated_twice  # as kept for numeric and "same" padding
@@ -170,7 +182,7 @@ def _conv_plan(conv: nn.Conv2d, height: int, width: int, device: torch.device) -
     cols = _axis_fanout(width, kernel_w, conv.stride[1], int(pad_w), conv.dilation[1], out_size[1])
     full = rows.full * cols.full
     reached = float(channels_reached)
-    plan = _ConvPlan(macs_per_step, reached, nominal, full * reached, False, None)
+    plan = ConvPlan(macs_per_step, reached, nominal, full * reached, False, None, None)
     if conv.padding_mode != "zeros":
         return plan._replace(padded=True)
     if len(set(rows.counts)) == 1 and len(set(cols.counts)) == 1:
@@ -178,9 +190,10 @@ def _conv_plan(conv: nn.Conv2d, height: int, width: int, device: torch.device) -
     fanout = torch.outer(
         torch.tensor(rows.counts, dtype=torch.float32), torch.tensor(cols.counts, dtype=torch.float32)
     ).flatten()
-    if conv.in_channels * fanout.numel() * full <= _EXACT_ROW_LIMIT:
-        fanout = fanout.repeat(conv.in_channels)
-    return plan._replace(weights=fanout.to(device))
+    exact_in_float32 = conv.in_channels * fanout.numel() * full <= _EXACT_ROW_LIMIT
+    position_weights = fanout if exact_in_float32 else fanout.to(torch.float64)
+    weights = fanout.repeat(conv.in_channels) if exact_in_float32 else fanout
+    return plan._replace(weights=weights.to(device), position_weights=position_weights.to(device))
 
 
 class _AxisFanout(NamedTuple):

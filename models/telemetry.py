@@ -156,20 +156,32 @@ class TelemetryRecorder:
         tally.counts.append(counts.detach() if counts.requires_grad else counts)
         tally.time_steps += time_steps
 
-    def remember_spikes(self, spikes: torch.Tensor, spikes_per_sample: torch.Tensor) -> None:
-        """Keep the count of the spike tensor a neuron just returned (x: [T, B, ...], counts: [B]).
+    def remember_spikes(
+        self,
+        spikes: torch.Tensor,
+        spikes_per_sample: torch.Tensor,
+        per_position: torch.Tensor | None = None,
+    ) -> None:
+        """Keep the counts of the spike tensor a neuron just returned (x: [T, B, ...], counts: [B];
+        ``per_position``: [S*B, H*W] float32 events summed over channels (and over the steps where
+        S = 1), for x: [T, B, C, H, W]).
 
         The synaptic layer that consumes exactly this tensor next (the usual LIF -> conv wiring)
         then reads its input activity from here instead of reducing its input again.
         """
-        self._last_spikes = (weakref.ref(spikes), spikes_per_sample)
+        self._last_spikes = (weakref.ref(spikes), spikes_per_sample, per_position)
 
     def input_events(self, x: torch.Tensor) -> torch.Tensor:
         """Events per sample in a synaptic layer's input x: [T, B, ...] -> [B] (int64 or float32)."""
+        return self.input_activity(x)[0]
+
+    def input_activity(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(events per sample [B], events per position [S*B, H*W] or None) of a synaptic layer's
+        input x: [T, B, ...]. The second is known only where a neuron just fired x."""
         last = getattr(self, "_last_spikes", None)
         if last is not None and last[0]() is x:
-            return last[1]  # int64 counts; the SOP count converts once
-        return event_count(x)
+            return last[1], last[2]  # int64 counts; the SOP count converts once
+        return event_count(x), None
 
     def record_synapse(
         self,
@@ -219,12 +231,21 @@ class TelemetryRecorder:
         real_macs = float(sum(t.macs for _, t in synapses if t.analog_input))
         dense_macs = float(sum(t.macs for _, t in synapses))
         ann_energy_uj = E_MAC_PJ * sum(t.macs / t.time_steps for _, t in synapses if t.time_steps) * 1e-6
+        # (name, neurons, capacity) per spiking layer; the tuples are built with tuple.__new__, which
+        # skips the NamedTuple's Python-level constructor (a report builds layers x samples of them)
+        static = [
+            (name, t.neurons, capacity or None)
+            for (name, t), capacity in zip(spiking, capacities, strict=True)
+        ]
+        new_layer = tuple.__new__
         samples = []
         for b in range(batch):
             spikes = spike_rows[b] if spiking else ()
             layers = tuple(
-                LayerTelemetry(name, t.neurons, count, count / capacity if capacity else 0.0)
-                for (name, t), count, capacity in zip(spiking, spikes, capacities, strict=True)
+                [
+                    new_layer(LayerTelemetry, (name, neurons, count, count / capacity if capacity else 0.0))
+                    for (name, neurons, capacity), count in zip(static, spikes, strict=True)
+                ]
             )
             exact, nominal = (exact_rows[b], nominal_rows[b]) if event_layers else ((), ())
             total_spikes = sum(spikes)
@@ -278,19 +299,23 @@ def _synaptic_layers(
 
 def _to_host_lists(tensors: Sequence[torch.Tensor]) -> list[list[float]]:
     """Each tensor flattened to a host list, in order: one concatenation and one transfer per dtype,
-    where one per tensor cost a host sync (on a GPU) and a few microseconds each."""
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        by_dtype.setdefault(tensor.dtype, []).append(index)
-    lists: list[list[float]] = [[] for _ in tensors]
-    for indices in by_dtype.values():
-        flat = torch.cat([tensors[i].reshape(-1) for i in indices]).tolist()
+    where one per tensor cost a host sync (on a GPU) and a few microseconds each. A tensor listed
+    twice (a neuron's count, which the conv it feeds reports as its input events) moves once."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+    for tensor in tensors:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    distinct: dict[int, list[float]] = {}
+    for group in by_dtype.values():
+        flat = torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in group]).tolist()
         start = 0
-        for i in indices:
-            end = start + tensors[i].numel()
-            lists[i] = flat[start:end]
+        for tensor in group:
+            end = start + tensor.numel()
+            distinct[id(tensor)] = flat[start:end]
             start = end
-    return lists
+    return [distinct[id(tensor)] for tensor in tensors]
 
 
 def _add_up(per_call: list[list[float]]) -> list[float]:
@@ -349,6 +374,17 @@ def event_count(x: torch.Tensor) -> torch.Tensor:
     """
     dims = tuple(d for d in range(x.dim()) if d != 1)
     return (x.detach() if x.requires_grad else x).sum(dim=dims, dtype=torch.float32)
+
+
+def events_per_sample(per_position: torch.Tensor, batch: int, most: int) -> torch.Tensor:
+    """[S*B, P] float32 events per (step,) sample and position -> [B] int64 per sample.
+
+    ``most``: the most events a sample can hold (neurons x steps): float32 counts exactly below 2**24.
+    """
+    dtype = torch.float64 if most >= 2**24 else torch.float32
+    if per_position.shape[0] == batch:  # one row per sample: a plain row sum
+        return per_position.sum(dim=1, dtype=dtype).to(torch.int64)
+    return per_position.view(-1, batch, per_position.shape[-1]).sum(dim=(0, 2), dtype=dtype).to(torch.int64)
 
 
 def sum_over_steps(steps: Sequence[SampleTelemetry]) -> SampleTelemetry:

@@ -44,7 +44,7 @@ def _worker_flags() -> list[Any]:
         ),
         Flag("--registry", "registry", Path, "registry folder (default ./zoo or $SPIKESERVE_REGISTRY)"),
         Flag("--device", "device", str, "cpu, cuda or cuda:N (default cpu)"),
-        Flag("--backend", "neuron_backend", str, "neuron backend: auto, torch, triton or inductor"),
+        Flag("--backend", "neuron_backend", str, "neuron backend: auto, torch, triton, inductor or native"),
         Flag(
             "--models",
             "default_models",

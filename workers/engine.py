@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from models import encoding, telemetry
 from models.base import reset_state, set_backend, set_streaming
-from models.kernels.lif import eager_neurons, resolve_backend
+from models.kernels.lif import COMPILING_BACKENDS, eager_neurons, resolve_backend
 from models.optimize import InferenceModel, optimize_for_inference
 from registry.errors import LoadError, LockTimeoutError, ModelNotFoundError
 from registry.loading import sample_shape
@@ -119,7 +119,7 @@ class Engine:
     """Runs batches of ``InferenceRequest`` on the networks of one registry.
 
     ``registry``: a ``registry.Registry`` (or any ``CheckpointSource``). ``device``: "cpu", "cuda"
-    or "cuda:N". ``backend``: the neuron backend (torch, triton, inductor or auto). Up to
+    or "cuda:N". ``backend``: the neuron backend (torch, triton, inductor, native or auto). Up to
     ``max_models`` versions stay loaded; the least recently used one is dropped beyond that.
     ``optimize``: prepare each network with ``models.optimize.optimize_for_inference`` (BN folding
     everywhere; on a GPU also bf16 and CUDA graphs per batch-size bucket, captured at load time); a
@@ -235,7 +235,7 @@ class Engine:
                 sample_shape(manifest),
                 manifest.input.kind,
                 run_eager=_eager_runner(module),
-                needs_preparation=resolve_backend(self.backend, self.device) != "torch",
+                needs_preparation=resolve_backend(self.backend, self.device) in COMPILING_BACKENDS,
             )
             self._warm_up(loaded, manifest.time_steps.default)
         log.info(

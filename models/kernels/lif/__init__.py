@@ -4,6 +4,8 @@
 - ``triton``: the fused kernel (``triton.py`` through the custom ops of ``ops.py``): CUDA tensors,
   or CPU tensors when triton was imported with TRITON_INTERPRET=1 (the tests' way).
 - ``inductor``: the reference loop compiled by ``torch.compile`` (``inductor.py``).
+- ``native``: the loop in plain C, built once per machine with the system compiler (``native.py``):
+  one pass that also counts the spikes it fires; inference on float32 CPU tensors.
 - ``auto``: the backend measured fastest on the tensor's device, among those that run there.
   The measurement (a fixed LIF layer, each backend warmed up and compiled, then timed in
   interleaved rounds) runs on the first ``auto`` call for a device and is cached for the
@@ -28,8 +30,10 @@ import torch
 from models.kernels.lif.reference import LIFResult
 from models.kernels.lif.reference import multistep_lif as reference_multistep_lif
 
-BACKENDS = ("torch", "triton", "inductor", "auto")
-CONCRETE_BACKENDS = ("torch", "triton", "inductor")
+BACKENDS = ("torch", "triton", "inductor", "native", "auto")
+CONCRETE_BACKENDS = ("torch", "triton", "inductor", "native")
+# compile for each neuron configuration and time-step count: a first call there takes long
+COMPILING_BACKENDS = ("triton", "inductor")
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,10 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
         from models.kernels.lif.inductor import unavailable_reason as inductor_reason
 
         return inductor_reason(device)
+    if backend == "native":
+        from models.kernels.lif.native import unavailable_reason as native_reason
+
+        return native_reason(device)
     raise ValueError(f"unknown neuron backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -128,6 +136,10 @@ def _run_backend(backend: str, x: torch.Tensor, params: dict[str, Any]) -> LIFRe
         from models.kernels.lif.ops import multistep_lif_triton
 
         return multistep_lif_triton(x, **params)
+    if backend == "native":
+        from models.kernels.lif.native import multistep_lif_native
+
+        return multistep_lif_native(x, **params)
     from models.kernels.lif.inductor import multistep_lif_inductor
 
     return multistep_lif_inductor(x, **params)
@@ -151,13 +163,40 @@ def eager_neurons() -> Iterator[None]:
         _EAGER.active = before
 
 
-def multistep_lif(x: torch.Tensor, *, backend: str = "torch", **params: Any) -> LIFResult:
+def multistep_lif(
+    x: torch.Tensor, *, backend: str = "torch", count_positions: int = 0, **params: Any
+) -> LIFResult:
     """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params;
-    the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes)."""
+    the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes).
+
+    ``count_positions`` P > 0 (a spiking layer whose F is channels x P positions, a conv's output)
+    fills ``spikes_per_position``, what an exact synaptic-operation count of the next conv reads.
+    The native loop counts them as it fires; the inductor loop adds each neuron's spikes up over the
+    steps as it runs, so the channel sum reads a T-th of the output; the others sum the output over
+    channels afterwards.
+    """
     if not torch.compiler.is_compiling() and getattr(_EAGER, "active", False):
         params.pop("spike_dtype", None)
-        return reference_multistep_lif(x, **params)
-    return _run_backend(resolve_backend(backend, x.device), x, params)
+        result = reference_multistep_lif(x, **params)
+    else:
+        chosen = resolve_backend(backend, x.device)
+        if count_positions and chosen == "inductor":
+            params["count_per_neuron"] = True
+        elif count_positions and chosen == "native":
+            params["count_positions"] = count_positions  # counted in the loop itself,
+            params["count_spikes"] = True  # and so is each sample's total
+        result = _run_backend(chosen, x, params)
+    if count_positions and result.spikes_per_position is None and not params.get("analog_output", False):
+        result.spikes_per_position = _spikes_per_position(result, count_positions)
+    return result
+
+
+def _spikes_per_position(result: LIFResult, positions: int) -> torch.Tensor:
+    """[S*B, P] float32 (S = 1 from per-neuron totals, else T): a vectorised add of the channel planes."""
+    source = result.spikes_per_neuron
+    if source is None:
+        source = result.out.detach() if result.out.requires_grad else result.out
+    return source.reshape(-1, source.shape[-1] // positions, positions).sum(dim=1, dtype=torch.float32)
 
 
 def _auto_workload(device: torch.device) -> tuple[torch.Tensor, int]:

@@ -46,6 +46,7 @@ class StaticParams:
     return_v: bool
     count_spikes: bool
     has_v_init: bool
+    count_per_neuron: bool = False
     differentiable: bool = False  # a graph with autograd (training) rather than inference
 
 
@@ -82,8 +83,9 @@ def _loop(x: torch.Tensor, inv_tau: torch.Tensor | None, v_init: torch.Tensor | 
         v_init=v_init,
         return_v=STATIC.return_v,
         count_spikes=STATIC.count_spikes,
+        count_per_neuron=STATIC.count_per_neuron,
     )
-    return result.out, result.v, result.spike_count
+    return result.out, result.v, result.spike_count, result.spikes_per_neuron
 
 
 def compiled_loop(params: StaticParams) -> LoopFn:
@@ -126,6 +128,7 @@ def multistep_lif_inductor(
     v_init: torch.Tensor | None = None,
     return_v: bool = False,
     count_spikes: bool = False,
+    count_per_neuron: bool = False,
 ) -> LIFResult:
     """``reference.multistep_lif`` compiled. x: [T, B, F] -> LIFResult (same fields, same dtypes)."""
     if torch.compiler.is_compiling():
@@ -143,6 +146,7 @@ def multistep_lif_inductor(
             v_init=v_init,
             return_v=return_v,
             count_spikes=count_spikes,
+            count_per_neuron=count_per_neuron,
         )
     tensor_tau = isinstance(inv_tau, torch.Tensor)
     # Spiking outputs are counted after the kernel, by one eager sum over its output: inductor
@@ -160,6 +164,7 @@ def multistep_lif_inductor(
         return_v=bool(return_v),
         count_spikes=bool(count_spikes) and not count_after,
         has_v_init=v_init is not None,
+        count_per_neuron=bool(count_per_neuron) and not analog_output,
         differentiable=torch.is_grad_enabled()
         and (
             x.requires_grad
@@ -167,7 +172,8 @@ def multistep_lif_inductor(
             or (v_init is not None and v_init.requires_grad)
         ),
     )
-    out, v, count = compiled_loop(params)(x, inv_tau if tensor_tau else None, v_init)
+    out, v, count, per_neuron = compiled_loop(params)(x, inv_tau if tensor_tau else None, v_init)
     if count_after:
-        count = out.detach().sum(dim=(0, 2) if out.dim() == 3 else 0).to(torch.int64)
-    return LIFResult(out=out, v=v, spike_count=count)
+        counted = out.detach() if per_neuron is None else per_neuron.unsqueeze(0)  # a T-th of the data
+        count = counted.sum(dim=(0, 2) if counted.dim() == 3 else 0).to(torch.int64)
+    return LIFResult(out=out, v=v, spike_count=count, spikes_per_neuron=per_neuron)

@@ -37,11 +37,16 @@ class SigmoidSurrogateSpike(torch.autograd.Function):
 class LIFResult:
     """out: [T, B, F] spikes (or ReLU(H) when analog); v: [B, F] float32 (float64 for float64 x)
     final membrane or None;
-    spike_count: [B] int64 spikes per sample or None."""
+    spike_count: [B] int64 spikes per sample or None;
+    spikes_per_neuron: [B, F] spikes of each neuron over the steps (compute dtype) or None;
+    spikes_per_position: [S*B, P] float32, the spikes summed over channels (F = channels x P) and,
+    where S = 1, over the steps too (S = T otherwise), or None (see ``kernels.lif.multistep_lif``)."""
 
     out: torch.Tensor
     v: torch.Tensor | None
     spike_count: torch.Tensor | None
+    spikes_per_neuron: torch.Tensor | None = None
+    spikes_per_position: torch.Tensor | None = None
 
 
 def multistep_lif(
@@ -57,12 +62,16 @@ def multistep_lif(
     v_init: torch.Tensor | None = None,
     return_v: bool = False,
     count_spikes: bool = False,
+    count_per_neuron: bool = False,
 ) -> LIFResult:
     """Run T steps of LIF over x: [T, B, F] (any float dtype; computed in float32, or in float64
     for float64 input so that fused kernels' gradients can be checked in float64).
 
     inv_tau: 1/tau as a float, or a 0-d tensor (PLIF: sigmoid(w), gradient flows to w).
     v_init: [B, F] membrane to start from (streaming), else V_reset (0 for soft reset).
+    count_per_neuron: also return each neuron's spikes over the steps, added up as the loop runs:
+    compiled (inductor), those adds fuse into the loop's one pass, where a count of the output
+    afterwards is a pass of its own (spiking outputs only).
     """
     steps = x.shape[0]
     rest = 0.0 if v_reset is None else v_reset
@@ -71,6 +80,7 @@ def multistep_lif(
     v = torch.full_like(xf[0], rest) if v_init is None else v_init.to(compute)
     outs = []
     counts = None
+    per_neuron = None
     grad = torch.is_grad_enabled()  # inference (no_grad, inference_mode) needs no surrogate
     for t in range(steps):
         if decay_input:
@@ -92,9 +102,11 @@ def multistep_lif(
         else:
             v = h * (1.0 - spike_for_reset) + v_reset * spike_for_reset
         outs.append(torch.relu(h) if analog_output else spike)
+        if count_per_neuron and not analog_output:
+            per_neuron = spike.detach() if per_neuron is None else per_neuron + spike.detach()
     stacked = torch.stack(outs)  # [T, B, F] in the compute dtype, so the counts below are exact
     if count_spikes and not analog_output:
         spikes = stacked.detach() if stacked.requires_grad else stacked
         counts = spikes.sum(dim=(0, 2) if stacked.dim() == 3 else 0).to(torch.int64)
     out = stacked.to(x.dtype)
-    return LIFResult(out=out, v=v if return_v else None, spike_count=counts)
+    return LIFResult(out=out, v=v if return_v else None, spike_count=counts, spikes_per_neuron=per_neuron)

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.synaptic_ops import conv_output_size, conv_synaptic_ops
-from models.telemetry import event_count
+from models.telemetry import event_count, events_per_sample
 
 
 def brute_force(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,24 @@ def test_exact_count_equals_the_brute_force(
     assert conv_output_size(conv, *size) == tuple(out)
     sops = conv_synaptic_ops(conv, x, event_count(x))
     assert torch.equal(sops.exact, brute_force(conv, x))
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRIES))
+@pytest.mark.parametrize("in_channels", [4, 600])  # 600 x 28 x 28 x 9 > 2**22: the product in float64
+@pytest.mark.parametrize("over_steps", [False, True], ids=["per step", "summed over steps"])
+def test_a_neurons_per_position_map_gives_the_same_exact_count(
+    name: str, in_channels: int, over_steps: bool
+) -> None:
+    """The map a neuron makes of its spikes (summed over channels, and over steps by the inductor
+    loop) stands in for the spikes."""
+    conv = nn.Conv2d(in_channels, 6, **GEOMETRIES[name])
+    x = (torch.rand(3, 2, in_channels, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    per_position = (x.sum(dim=(0, 2)) if over_steps else x.sum(dim=2)).reshape(-1, 28 * 28)
+    events = events_per_sample(per_position, batch=2, most=x[:, 0].numel())
+    assert events.tolist() == event_count(x).long().tolist()
+    sops = conv_synaptic_ops(conv, x, events, per_position)
+    assert torch.equal(sops.exact, brute_force(conv, x))
+    assert torch.equal(sops.nominal, conv_synaptic_ops(conv, x, event_count(x)).nominal)
 
 
 def test_the_first_samples_are_those_of_the_whole_batch() -> None:

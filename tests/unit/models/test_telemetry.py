@@ -187,3 +187,21 @@ def test_a_layer_called_twice_in_one_forward_adds_up_its_calls() -> None:
         assert both.spikes == a.spikes + b.spikes
         assert both.synaptic_ops == a.synaptic_ops + b.synaptic_ops
         assert both.synaptic_ops_nominal == pytest.approx(a.synaptic_ops_nominal + b.synaptic_ops_nominal)
+
+
+def test_a_neuron_keeps_a_per_position_map_of_conv_shaped_spikes_for_the_next_conv() -> None:
+    """[T, B, C, H, W] spikes: one pass gives the total and the map the next conv's exact count
+    reads; other shapes keep only the total."""
+    lif = LIF()
+    with telemetry.record(lif) as recorder:
+        spikes = lif(torch.rand(2, 3, 4, 5, 6, generator=torch.Generator().manual_seed(0)) * 3)
+        events, per_position = recorder.input_activity(spikes)
+        tokens = lif(torch.rand(2, 3, 7, 8, generator=torch.Generator().manual_seed(1)) * 3)
+        token_events, no_map = recorder.input_activity(tokens)
+    assert per_position is not None and no_map is None
+    assert torch.equal(per_position, spikes.sum(dim=2).reshape(6, 30))
+    assert events.dtype == torch.int64 and events.tolist() == spikes.sum(dim=(0, 2, 3, 4)).long().tolist()
+    assert token_events.tolist() == tokens.sum(dim=(0, 2, 3)).long().tolist()
+    assert [layer.spikes for layer in recorder.report()[0].layers] == [
+        int(spikes[:, 0].sum() + tokens[:, 0].sum())
+    ]

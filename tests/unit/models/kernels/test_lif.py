@@ -154,3 +154,24 @@ def test_the_reference_without_autograd_fires_exactly_as_with_it(
     assert got.spike_count is not None and expected.spike_count is not None
     assert torch.equal(got.spike_count, expected.spike_count)
     assert expected.out[0, :, :7].min() > 0  # the threshold case fired
+
+
+@pytest.mark.parametrize("analog_output", [False, True])
+def test_spikes_per_position_are_the_output_summed_over_channels(analog_output: bool) -> None:
+    """F = 3 channels x 10 positions: one row per step and sample; none for an analog output."""
+    x = torch.randn(4, 2, 30, generator=torch.Generator().manual_seed(0)) * 2
+    result = lif.multistep_lif(x, inv_tau=0.5, count_positions=10, analog_output=analog_output)
+    if analog_output:
+        assert result.spikes_per_position is None
+        return
+    expected = result.out.reshape(4 * 2, 3, 10).sum(dim=1)
+    assert result.spikes_per_position is not None
+    assert torch.equal(result.spikes_per_position, expected)
+
+
+def test_the_reference_adds_each_neurons_spikes_up_over_the_steps() -> None:
+    x = torch.randn(5, 3, 7, generator=torch.Generator().manual_seed(1)) * 2
+    result = reference(x, inv_tau=0.5, count_per_neuron=True)
+    assert result.spikes_per_neuron is not None
+    assert torch.equal(result.spikes_per_neuron, result.out.sum(dim=0))
+    assert reference(x, inv_tau=0.5, count_per_neuron=True, analog_output=True).spikes_per_neuron is None

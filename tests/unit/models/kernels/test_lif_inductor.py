@@ -63,6 +63,20 @@ def test_inference_matches_the_eager_loop_across_shapes_with_one_compilation() -
 
 
 @pytest.mark.slow
+def test_spikes_per_position_come_from_the_loops_own_totals() -> None:
+    """The compiled loop adds each neuron's spikes up over the steps as it fires (S = 1 row per
+    sample); the map and the totals equal the eager loop's output summed."""
+    x = _input((4, 3, 2 * 45), seed=4)  # 2 channels x 45 positions
+    with torch.inference_mode():
+        got = multistep_lif(x, backend="inductor", inv_tau=0.5, count_positions=45)
+        expected = reference(x, inv_tau=0.5)
+    assert torch.equal(got.out, expected.out)
+    assert got.spikes_per_neuron is not None and torch.equal(got.spikes_per_neuron, expected.out.sum(dim=0))
+    assert got.spikes_per_position is not None
+    assert torch.equal(got.spikes_per_position, expected.out.sum(dim=0).reshape(3, 2, 45).sum(dim=1))
+
+
+@pytest.mark.slow
 def test_training_gradients_match_the_eager_loop() -> None:
     """PLIF (tensor 1/tau) with an initial membrane: one forward+backward compilation."""
     x = _input((3, 2, 129), seed=1).requires_grad_()

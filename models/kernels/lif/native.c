@@ -1,0 +1,107 @@
+/* The LIF loop of reference.py in plain C, for inference on float32 CPU tensors (the native backend).
+
+   One pass: each sample's membrane row stays in cache while the T steps run over it, and the
+   spikes are counted as they fire (per sample, and per position summed over channels and steps
+   for the exact synaptic-operation count of the conv they feed), where the eager loop makes
+   about ten passes per step and a count afterwards is a pass of its own.
+
+   Every value equals the reference's bit for bit: the same float32 operations in the same order,
+   compiled with -ffp-contract=off (a fused multiply-add would round once where torch rounds twice).
+   The flags are compile-time constants of each specialised loop, so the compiler vectorises it.
+*/
+
+#include <stdint.h>
+#include <string.h>
+
+static inline __attribute__((always_inline)) void lif_rows(
+    const float *restrict x, float *restrict out, float *restrict v, int64_t *restrict count,
+    float *restrict per_position, int64_t steps, int64_t batch, int64_t b, int64_t features,
+    int64_t positions, float inv_tau, float v_threshold, float rest, float v_reset,
+    const int hard_reset, const int decay_input, const int analog_output, const int by_position)
+{
+    int64_t fired = 0;
+    int64_t channels = features / positions;
+    for (int64_t t = 0; t < steps; ++t) {
+        const float *restrict xt = x + (t * batch + b) * features;
+        float *restrict ot = out + (t * batch + b) * features;
+        for (int64_t c = 0; c < channels; ++c) {
+            int64_t base = c * positions;
+            for (int64_t p = 0; p < positions; ++p) {
+                int64_t f = base + p;
+                float vf = v[f];
+                float h;
+                if (decay_input) {
+                    h = vf + (xt[f] - (vf - rest)) * inv_tau;
+                } else {
+                    h = (vf - (vf - rest) * inv_tau) + xt[f];
+                }
+                int spike = h >= v_threshold;
+                float s = spike ? 1.0f : 0.0f;
+                if (hard_reset) {
+                    v[f] = h * (1.0f - s) + v_reset * s;
+                } else {
+                    v[f] = h - v_threshold * s;
+                }
+                fired += spike;
+                if (analog_output) {
+                    ot[f] = h > 0.0f ? h : 0.0f;
+                } else {
+                    ot[f] = s;
+                    if (by_position) {
+                        per_position[p] += s;
+                    }
+                }
+            }
+        }
+    }
+    if (count) {
+        count[b] = fired;
+    }
+}
+
+#define LIF_CASE(HARD, DECAY, ANALOG, BY_POSITION)                                                  \
+    if (hard_reset == HARD && decay_input == DECAY && analog_output == ANALOG &&                    \
+        (per_position != 0) == BY_POSITION) {                                                       \
+        for (int64_t b = 0; b < batch; ++b) {                                                      \
+            float *v = v_work + b * features;                                                      \
+            if (v_init) {                                                                          \
+                memcpy(v, v_init + b * features, (size_t)features * sizeof(float));                \
+            } else {                                                                               \
+                for (int64_t f = 0; f < features; ++f) v[f] = rest;                                 \
+            }                                                                                      \
+            if (BY_POSITION) {                                                                     \
+                memset(per_position + b * positions, 0, (size_t)positions * sizeof(float));        \
+            }                                                                                      \
+            lif_rows(x, out, v, count, BY_POSITION ? per_position + b * positions : 0, steps,       \
+                     batch, b, features, positions, inv_tau, v_threshold, rest, v_reset, HARD,      \
+                     DECAY, ANALOG, BY_POSITION);                                                  \
+        }                                                                                          \
+        return 0;                                                                                  \
+    }
+
+/* x, out: [T, B, F]; v_init: [B, F] or NULL; v_work: [B, F], the final membrane on return;
+   count: [B] or NULL; per_position: [B, P] (written whole) or NULL (P divides F; spiking outputs only).
+   Returns 0, or -1 for a combination it has no loop for. */
+int spikeserve_lif_forward_f32(const float *x, float *out, const float *v_init, float *v_work,
+                               int64_t *count, float *per_position, int64_t steps, int64_t batch,
+                               int64_t features, int64_t positions, float inv_tau,
+                               float v_threshold, float rest, float v_reset, int hard_reset,
+                               int decay_input, int analog_output)
+{
+    if (positions <= 0 || features % positions != 0) {
+        return -1;
+    }
+    LIF_CASE(1, 1, 0, 0)
+    LIF_CASE(1, 1, 0, 1)
+    LIF_CASE(1, 1, 1, 0)
+    LIF_CASE(1, 0, 0, 0)
+    LIF_CASE(1, 0, 0, 1)
+    LIF_CASE(1, 0, 1, 0)
+    LIF_CASE(0, 1, 0, 0)
+    LIF_CASE(0, 1, 0, 1)
+    LIF_CASE(0, 1, 1, 0)
+    LIF_CASE(0, 0, 0, 0)
+    LIF_CASE(0, 0, 0, 1)
+    LIF_CASE(0, 0, 1, 0)
+    return -1;
+}
