@@ -13,6 +13,10 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Neurons per tile: the tile's membranes stay in L1 while the T steps run over them, so a wide
+   layer streams its input and output once instead of re-reading its membrane row at every step. */
+#define TILE 2048
+
 static inline __attribute__((always_inline)) void lif_rows(
     const float *restrict x, float *restrict out, float *restrict v, int64_t *restrict count,
     float *restrict per_position, int64_t steps, int64_t batch, int64_t b, int64_t features,
@@ -21,34 +25,43 @@ static inline __attribute__((always_inline)) void lif_rows(
 {
     int64_t fired = 0;
     int64_t channels = features / positions;
-    for (int64_t t = 0; t < steps; ++t) {
-        const float *restrict xt = x + (t * batch + b) * features;
-        float *restrict ot = out + (t * batch + b) * features;
-        for (int64_t c = 0; c < channels; ++c) {
-            int64_t base = c * positions;
-            for (int64_t p = 0; p < positions; ++p) {
-                int64_t f = base + p;
-                float vf = v[f];
-                float h;
-                if (decay_input) {
-                    h = vf + (xt[f] - (vf - rest)) * inv_tau;
-                } else {
-                    h = (vf - (vf - rest) * inv_tau) + xt[f];
-                }
-                int spike = h >= v_threshold;
-                float s = spike ? 1.0f : 0.0f;
-                if (hard_reset) {
-                    v[f] = h * (1.0f - s) + v_reset * s;
-                } else {
-                    v[f] = h - v_threshold * s;
-                }
-                fired += spike;
-                if (analog_output) {
-                    ot[f] = h > 0.0f ? h : 0.0f;
-                } else {
-                    ot[f] = s;
-                    if (by_position) {
-                        per_position[p] += s;
+    /* a tile is whole channel planes of small maps, or a run of positions of one large plane */
+    int64_t tile_channels = positions >= TILE ? 1 : TILE / positions;
+    int64_t tile_positions = positions >= TILE ? TILE : positions;
+    for (int64_t c0 = 0; c0 < channels; c0 += tile_channels) {
+        int64_t c1 = c0 + tile_channels < channels ? c0 + tile_channels : channels;
+        for (int64_t p0 = 0; p0 < positions; p0 += tile_positions) {
+            int64_t p1 = p0 + tile_positions < positions ? p0 + tile_positions : positions;
+            for (int64_t t = 0; t < steps; ++t) {
+                const float *restrict xt = x + (t * batch + b) * features;
+                float *restrict ot = out + (t * batch + b) * features;
+                for (int64_t c = c0; c < c1; ++c) {
+                    int64_t base = c * positions;
+                    for (int64_t p = p0; p < p1; ++p) {
+                        int64_t f = base + p;
+                        float vf = v[f];
+                        float h;
+                        if (decay_input) {
+                            h = vf + (xt[f] - (vf - rest)) * inv_tau;
+                        } else {
+                            h = (vf - (vf - rest) * inv_tau) + xt[f];
+                        }
+                        int spike = h >= v_threshold;
+                        float s = spike ? 1.0f : 0.0f;
+                        if (hard_reset) {
+                            v[f] = h * (1.0f - s) + v_reset * s;
+                        } else {
+                            v[f] = h - v_threshold * s;
+                        }
+                        fired += spike;
+                        if (analog_output) {
+                            ot[f] = h > 0.0f ? h : 0.0f;
+                        } else {
+                            ot[f] = s;
+                            if (by_position) {
+                                per_position[p] += s;
+                            }
+                        }
                     }
                 }
             }
