@@ -11,13 +11,15 @@
 
 An input value of 2 (a SEW sum of two coinciding spikes) is two events: counts are sums, not
 counts of non-zeros. Cost: where the fan-out is the same everywhere (a 1x1 stride-1 conv) the
-exact count is the event total (which the neuron that fired the input already counted) times it;
-elsewhere it is one matrix-vector product of the input with the fan-out map, one row per step and
-sample, [T*B, C*H*W] x [C*H*W] (the map repeated over the channels): the cheapest single pass over
-the input found on a CPU, about half the time of a product per channel followed by a sum over
-channels, and a fraction of any per-position reduction or gather of border positions. Where a row's
-sum could pass 2**24 (float32 stops counting exactly there) the product runs per channel and the
-channels add up in float64.
+exact count is the event total (which the neuron that fired the input already counted) times it.
+Elsewhere, where a neuron fired the input, it also left the events summed over channels per
+position (models/kernels/lif: the native loop counts them as it fires, the inductor loop sums
+each neuron over the steps, the others add the channel planes afterwards), and the count is one
+small product of that map, [S*B, H*W] x [H*W]; the input itself is not read again. For any other
+input (a SEW sum, an encoded frame) it is one matrix-vector product of the input with the fan-out
+map, one row per step and sample, [T*B, C*H*W] x [C*H*W] (the map repeated over the channels).
+Where a row's sum could pass 2**24 (float32 stops counting exactly there) the product runs per
+channel and the channels add up in float64, or the map's product runs in float64.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class SynapticOps(NamedTuple):
     weighted: the input weighted by its fan-out map, [S, B] (S: steps, or 1) or None where every
     event reaches ``per_event`` outputs; exact = ``per_weighted`` x the sum of a sample's column,
     else ``per_event`` x events; nominal = ``nominal_per_event`` x events.
+    position_map, position_weights: the weighted sums still to be made, a neuron's events per
+    position [S*B, H*W] and the conv's fan-out per position [H*W]: the small product runs in the
+    report, with the others, rather than between two convolutions that have just filled the caches.
     """
 
     events: torch.Tensor
@@ -49,13 +54,24 @@ class SynapticOps(NamedTuple):
     per_weighted: float
     per_event: float
     nominal_per_event: float
+    position_map: torch.Tensor | None = None
+    position_weights: torch.Tensor | None = None
+
+    def weighted_sums(self) -> torch.Tensor | None:
+        """[S, B] the input weighted by its fan-out, or None where every event reaches ``per_event``."""
+        if self.position_map is None or self.position_weights is None:
+            return self.weighted
+        weights, values = self.position_weights, self.position_map
+        values = values if values.dtype == weights.dtype else values.to(weights.dtype)
+        return torch.mv(values, weights).view(-1, self.events.shape[0])
 
     @property
     def exact(self) -> torch.Tensor:
         """[B] float64."""
-        if self.weighted is None:
+        weighted = self.weighted_sums()
+        if weighted is None:
             return self.events.to(torch.float64) * self.per_event
-        return self.weighted.sum(dim=0, dtype=torch.float64) * self.per_weighted
+        return weighted.sum(dim=0, dtype=torch.float64) * self.per_weighted
 
     @property
     def nominal(self) -> torch.Tensor:
@@ -64,12 +80,13 @@ class SynapticOps(NamedTuple):
 
     def reductions(self) -> list[torch.Tensor]:
         """The tensors ``counts_from`` reads, in order: events, then the weighted sums if any."""
-        return [self.events] if self.weighted is None else [self.events, self.weighted]
+        weighted = self.weighted_sums()
+        return [self.events] if weighted is None else [self.events, weighted]
 
     def counts_from(self, host: Iterator[list[float]]) -> tuple[list[float], list[float]]:
         """(exact, nominal) per sample, from the host lists of ``reductions()`` taken off ``host``."""
         events = next(host)
-        if self.weighted is None:
+        if self.weighted is None and self.position_map is None:
             exact = [count * self.per_event for count in events]
         else:
             weighted, batch = next(host), len(events)  # [S, B] flattened: a sample every B values
@@ -81,7 +98,11 @@ class SynapticOps(NamedTuple):
     def first(self, batch: int) -> SynapticOps:
         """The first ``batch`` samples (a CUDA-graph replay drops its padding rows), copied."""
         weighted = None if self.weighted is None else self.weighted[:, :batch].clone()
-        return self._replace(events=self.events[:batch].clone(), weighted=weighted)
+        position_map = self.position_map
+        if position_map is not None:
+            rows = position_map.view(-1, self.events.shape[0], position_map.shape[-1])[:, :batch]
+            position_map = rows.reshape(-1, position_map.shape[-1]).clone()
+        return self._replace(events=self.events[:batch].clone(), weighted=weighted, position_map=position_map)
 
 
 def linear_synaptic_ops(linear: nn.Linear, x: torch.Tensor, events: torch.Tensor) -> SynapticOps:
@@ -106,10 +127,8 @@ def conv_synaptic_ops(
     if plan.weights is None:  # every position reaches the same number of outputs
         return SynapticOps(events, None, reached, full, nominal)
     steps, batch = x.shape[0], x.shape[1]
-    weights = plan.position_weights
-    if per_position is not None and weights is not None:  # the map is C times smaller than x
-        values = per_position if weights.dtype == torch.float32 else per_position.to(weights.dtype)
-        return SynapticOps(events, torch.mv(values, weights).view(-1, batch), reached, full, nominal)
+    if per_position is not None and plan.position_weights is not None:  # C times smaller than x
+        return SynapticOps(events, None, reached, full, nominal, per_position, plan.position_weights)
     values = x.detach() if x.requires_grad else x  # no graph behind a count (training with telemetry on)
     values = values if values.dtype == plan.weights.dtype else values.float()
     if plan.weights.numel() > x.shape[-1] * x.shape[-2]:  # the map repeated over the channels
