@@ -276,23 +276,24 @@ def _synaptic_layers(
     nominal: Sequence[float],
     energy_pj: float,
 ) -> tuple[SynapticLayerTelemetry, ...]:
-    """One sample's per-layer work: ``exact``/``nominal`` hold its SOPs of the event-fed layers, in order."""
+    """One sample's per-layer work: ``exact``/``nominal`` hold its SOPs of the event-fed layers, in order.
+
+    Built with tuple.__new__ (as the spiking layers' entries are): a report of a batch makes
+    layers x samples of these, and the NamedTuple's own constructor is a Python-level call."""
     share = 1.0 / energy_pj if energy_pj else 0.0
+    new = tuple.__new__
     layers = []
     k = 0
     for name, synapse in synapses:
+        macs = float(synapse.macs)
         if synapse.analog_input:
             pj = E_MAC_PJ * synapse.macs
-            layers.append(
-                SynapticLayerTelemetry(name, "real", float(synapse.macs), 0.0, 0.0, pj * 1e-6, pj * share)
-            )
+            layers.append(new(SynapticLayerTelemetry, (name, "real", macs, 0.0, 0.0, pj * 1e-6, pj * share)))
         else:
-            pj = E_AC_PJ * exact[k]
-            layers.append(
-                SynapticLayerTelemetry(
-                    name, "events", float(synapse.macs), exact[k], nominal[k], pj * 1e-6, pj * share
-                )
-            )
+            sops = exact[k]
+            pj = E_AC_PJ * sops
+            entry = (name, "events", macs, sops, nominal[k], pj * 1e-6, pj * share)
+            layers.append(new(SynapticLayerTelemetry, entry))
             k += 1
     return tuple(layers)
 
