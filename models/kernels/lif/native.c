@@ -23,51 +23,71 @@ static inline __attribute__((always_inline)) void lif_rows(
     int64_t positions, float inv_tau, float v_threshold, float rest, float v_reset,
     const int hard_reset, const int decay_input, const int analog_output, const int by_position)
 {
+    float acc[TILE]; /* each neuron's spikes over the steps, folded into positions once per tile */
     int64_t fired = 0;
     int64_t channels = features / positions;
-    /* a tile is whole channel planes of small maps, or a run of positions of one large plane */
+    /* a tile is whole channel planes of small maps, or a run of positions of one large plane:
+       its neurons are contiguous, so the step loop below is one long vectorised loop */
     int64_t tile_channels = positions >= TILE ? 1 : TILE / positions;
     int64_t tile_positions = positions >= TILE ? TILE : positions;
     for (int64_t c0 = 0; c0 < channels; c0 += tile_channels) {
         int64_t c1 = c0 + tile_channels < channels ? c0 + tile_channels : channels;
         for (int64_t p0 = 0; p0 < positions; p0 += tile_positions) {
             int64_t p1 = p0 + tile_positions < positions ? p0 + tile_positions : positions;
+            /* whole planes (p0 = 0, p1 = P) or part of one plane (c1 = c0 + 1): contiguous */
+            int64_t first = c0 * positions + p0;
+            int64_t length = (c1 - c0 - 1) * positions + (p1 - p0);
+            if (by_position) {
+                memset(acc, 0, (size_t)length * sizeof(float));
+            }
             for (int64_t t = 0; t < steps; ++t) {
-                const float *restrict xt = x + (t * batch + b) * features;
-                float *restrict ot = out + (t * batch + b) * features;
-                for (int64_t c = c0; c < c1; ++c) {
-                    int64_t base = c * positions;
-                    for (int64_t p = p0; p < p1; ++p) {
-                        int64_t f = base + p;
-                        float vf = v[f];
-                        float h;
-                        if (decay_input) {
-                            h = vf + (xt[f] - (vf - rest)) * inv_tau;
-                        } else {
-                            h = (vf - (vf - rest) * inv_tau) + xt[f];
-                        }
-                        int spike = h >= v_threshold;
-                        float s = spike ? 1.0f : 0.0f;
-                        if (hard_reset) {
-                            v[f] = h * (1.0f - s) + v_reset * s;
-                        } else {
-                            v[f] = h - v_threshold * s;
-                        }
+                const float *restrict xt = x + (t * batch + b) * features + first;
+                float *restrict ot = out + (t * batch + b) * features + first;
+                float *restrict vt = v + first;
+                for (int64_t i = 0; i < length; ++i) {
+                    float vf = vt[i];
+                    float h;
+                    if (decay_input) {
+                        h = vf + (xt[i] - (vf - rest)) * inv_tau;
+                    } else {
+                        h = (vf - (vf - rest) * inv_tau) + xt[i];
+                    }
+                    int spike = h >= v_threshold;
+                    float s = spike ? 1.0f : 0.0f;
+                    if (hard_reset) {
+                        vt[i] = h * (1.0f - s) + v_reset * s;
+                    } else {
+                        vt[i] = h - v_threshold * s;
+                    }
+                    if (!by_position) {
                         fired += spike;
-                        if (analog_output) {
-                            ot[f] = h > 0.0f ? h : 0.0f;
-                        } else {
-                            ot[f] = s;
-                            if (by_position) {
-                                per_position[p] += s;
-                            }
+                    }
+                    if (analog_output) {
+                        ot[i] = h > 0.0f ? h : 0.0f;
+                    } else {
+                        ot[i] = s;
+                        if (by_position) {
+                            acc[i] += s;
                         }
+                    }
+                }
+            }
+            if (by_position) {
+                for (int64_t c = c0; c < c1; ++c) {
+                    const float *restrict plane = acc + (c - c0) * positions;
+                    for (int64_t p = p0; p < p1; ++p) {
+                        per_position[p] += plane[p - p0];
                     }
                 }
             }
         }
     }
     if (count) {
+        if (by_position) { /* the sample's spikes, from its per-position counts (exact integers) */
+            for (int64_t p = 0; p < positions; ++p) {
+                fired += (int64_t)per_position[p];
+            }
+        }
         count[b] = fired;
     }
 }

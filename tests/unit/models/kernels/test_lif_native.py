@@ -74,13 +74,23 @@ def test_a_learned_time_constant_and_a_strided_input_run_in_the_loop() -> None:
         )
 
 
-def test_spikes_are_counted_per_position_as_they_fire() -> None:
-    """F = 3 channels x 10 positions: [B, P], the spikes summed over channels and steps."""
-    x = _input((4, 2, 30), seed=4)
+@pytest.mark.parametrize(
+    ("channels", "positions"),
+    [(3, 10), (200, 16), (2, 2500), (1, 4096)],  # tiles of many small planes, of parts of large ones
+)
+def test_spikes_are_counted_per_position_as_they_fire(channels: int, positions: int) -> None:
+    """[B, P]: the spikes summed over channels and steps; the loop's output is the reference's."""
+    x = _input((4, 2, channels * positions), seed=4)
     with torch.inference_mode():
-        got = native.multistep_lif_native(x, inv_tau=0.5, count_positions=10)
-    expected = reference(x, inv_tau=0.5).out.sum(dim=0).reshape(2, 3, 10).sum(dim=1)
-    assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, expected)
+        got = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions, count_spikes=True)
+        expected = reference(x, inv_tau=0.5, count_spikes=True)
+    assert torch.equal(got.out, expected.out) and torch.equal(got.spike_count, expected.spike_count)
+    per_position = expected.out.sum(dim=0).reshape(2, channels, positions).sum(dim=1)
+    assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, per_position)
+
+
+def test_positions_that_do_not_divide_the_features_are_refused() -> None:
+    x = _input((4, 2, 30), seed=4)
     with pytest.raises(ValueError, match="cannot split 30 features into 7"):
         native.multistep_lif_native(x, inv_tau=0.5, count_positions=7)
 
