@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from process_support import exited, wait_until
 from server_process import E2E_ADMIN_TOKEN, ServerProcess
 from tiny_zoo import IMAGE_MODEL, build_tiny_registry, register_danet
 
@@ -46,22 +47,6 @@ def metric(text: str, name: str, **labels: str) -> float:
     pattern = rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$" if labels else rf"^{name} (\S+)$"
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
-
-
-def gone(pid: int) -> bool:
-    """True once ``pid`` has exited (a zombie counts: it no longer runs)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_until(condition: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +151,8 @@ def test_no_process_outlives_the_server(registry_root: Path, stop: str) -> None:
     """SIGTERM: the server ends its processes; SIGKILL: each reads the end of its pipe and exits."""
     with ServerProcess(registry_root, env=ENV, args=["--models", f"{IMAGE_MODEL}:1"]) as process:
         pids = [w["pid"] for w in workers(process.url)]
-        assert len(pids) == 2 and not any(gone(pid) for pid in pids)
+        assert len(pids) == 2 and not any(exited(pid) for pid in pids)
         assert process.process is not None
         process.process.send_signal(getattr(signal, stop))
         process.process.wait(timeout=30)
-        wait_until(lambda: all(gone(pid) for pid in pids), timeout_s=30)
+        wait_until(lambda: all(exited(pid) for pid in pids), timeout_s=30)

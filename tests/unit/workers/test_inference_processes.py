@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from process_support import exited, wait_until
 from prometheus_client import REGISTRY
 from tiny_zoo import IMAGE_MODEL, build_tiny_registry, register_danet
 
@@ -40,22 +41,6 @@ def image_request(i: int, version: int = 1, telemetry: Any = "layers", steps: in
 
 def value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-def alive(pid: int) -> bool:
-    """False once ``pid`` has exited (a zombie not reaped yet counts as exited)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def wait_until(condition: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +160,7 @@ def test_a_child_killed_in_its_batch_fails_that_batch_only_and_is_replaced(
     assert {answer.error[0] for answer in answers if answer.error} == {"inference_failed"}
     assert all(answer.error for answer in answers)
     assert "stopped" in answers[0].error[1]
-    wait_until(lambda: not any(alive(pid) for pid in pids))  # the idle one too: no batch reaches it then
+    wait_until(lambda: all(exited(pid) for pid in pids))  # the idle one too: no batch reaches it then
     # the replacements load what the pool held, and serve
     after = processes.run_batch([image_request(7)])[0]
     assert after.error is None
@@ -188,9 +173,9 @@ def test_close_ends_every_child(registry_root: Path) -> None:
     pool = InferenceProcesses(config(registry_root), count=2, worker_id="closing")
     pool.start([])
     pids = pool.pids()
-    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    assert len(pids) == 2 and not any(exited(pid) for pid in pids)
     pool.close()
-    assert not any(alive(pid) for pid in pids)
+    assert all(exited(pid) for pid in pids)
 
 
 def test_close_while_starting_ends_the_children_that_were_starting(registry_root: Path) -> None:
@@ -217,5 +202,5 @@ def test_close_while_starting_ends_the_children_that_were_starting(registry_root
     starting.join(timeout=30)
     assert not starting.is_alive()
     assert failure and ("closed" in str(failure[0]) or "closing" in str(failure[0]))
-    assert not any(alive(pid) for pid in pids)
+    assert all(exited(pid) for pid in pids)
     assert pool.pids() == []
