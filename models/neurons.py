@@ -72,8 +72,9 @@ class MultiStepNeuron(nn.Module):
         streaming = self.streaming or step_state is not None
         kept = self.v if step_state is None else step_state.membranes.get(id(self))
         v_init = kept if streaming and kept is not None and kept.shape == flat.shape[1:] else None
-        # a spiking conv-shaped output is counted per position after the kernel, in the same one pass
-        # as its total: the conv it feeds weighs those positions by their fan-out (exact SOPs)
+        # a spiking output shaped like a conv's is also counted per position (summed over channels),
+        # by the loop as it fires or in one pass after it: the conv it feeds weighs those positions
+        # by their fan-out (its exact SOPs) instead of reading the spikes again
         count_by_position = recorder is not None and not self.analog_output and x.dim() == 5
         result = multistep_lif(
             flat,
