@@ -52,7 +52,11 @@ def unavailable_reason(device: torch.device) -> str | None:
         return f"the native LIF loop runs on the CPU, not on {device.type}"
     if compiler() is None:
         return "the native LIF loop needs a C compiler (cc, gcc or clang)"
-    return _FAILURE
+    try:  # built here (once, about a second), so that a compiler that fails says so before a forward
+        library()
+    except OSError as exc:
+        return str(exc)
+    return None
 
 
 def _cache_dir() -> Path:
@@ -112,6 +116,8 @@ def library() -> ctypes.CDLL:
         return _LIBRARY
     with _LOCK:
         if _LIBRARY is None:
+            if _FAILURE is not None:  # a build that failed once is not retried at every call
+                raise OSError(_FAILURE)
             cc = compiler()
             if cc is None:
                 raise OSError("the native LIF loop needs a C compiler (cc, gcc or clang)")

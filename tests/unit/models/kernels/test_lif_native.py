@@ -136,14 +136,16 @@ def test_processes_starting_together_build_the_library_once_each_into_one_file(t
 def test_a_compiler_that_fails_makes_the_backend_unavailable_with_its_message(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    broken = tmp_path / "cc"
-    broken.write_text("#!/bin/sh\necho 'cc: no such luck' >&2\nexit 1\n")
+    broken, calls = tmp_path / "cc", tmp_path / "calls"
+    broken.write_text(f"#!/bin/sh\necho \"$*\" >> {calls}\necho 'cc: no such luck' >&2\nexit 1\n")
     broken.chmod(0o755)
     monkeypatch.setattr(native, "_LIBRARY", None)
     monkeypatch.setattr(native, "_FAILURE", None)
     monkeypatch.setattr(native, "compiler", lambda: str(broken))
     monkeypatch.setenv("SPIKESERVE_KERNEL_CACHE", str(tmp_path / "cache"))
+    assert "no such luck" in (native.unavailable_reason(torch.device("cpu")) or "")
     with pytest.raises(OSError, match="no such luck"):
         native.library()
-    assert "no such luck" in (native.unavailable_reason(torch.device("cpu")) or "")
+    builds = [line for line in calls.read_text().splitlines() if " -o " in line]
+    assert len(builds) == 1  # the failure is kept, not built again at every call
     assert native.unavailable_reason(torch.device("meta")) is not None
