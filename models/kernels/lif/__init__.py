@@ -183,8 +183,7 @@ def multistep_lif(
         if count_positions and chosen == "inductor":
             params["count_per_neuron"] = True
         elif count_positions and chosen == "native":
-            params["count_positions"] = count_positions  # counted in the loop itself,
-            params["count_spikes"] = True  # and so is each sample's total
+            params["count_positions"] = count_positions  # counted in the loop itself
         result = _run_backend(chosen, x, params)
     if count_positions and result.spikes_per_position is None and not params.get("analog_output", False):
         result.spikes_per_position = _spikes_per_position(result, count_positions)

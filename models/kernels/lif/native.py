@@ -154,7 +154,8 @@ def multistep_lif_native(
     count_positions: int = 0,
 ) -> LIFResult:
     """``reference.multistep_lif`` in one pass. x: [T, B, F] -> LIFResult (same fields, same values);
-    ``count_positions`` P > 0 also fills ``spikes_per_position`` [B, P] (summed over the steps)."""
+    ``count_positions`` P > 0 also fills ``spikes_per_position`` [B, P] (summed over the steps) and,
+    from those same counts, ``spike_count``."""
     tensor_tau = isinstance(inv_tau, torch.Tensor)
     needs_graph = torch.is_grad_enabled() and (
         x.requires_grad
@@ -182,8 +183,8 @@ def multistep_lif_native(
     out = torch.empty_like(x)
     v = torch.empty((batch, features), dtype=torch.float32)
     start = None if v_init is None else v_init.to(torch.float32).contiguous()
-    count = torch.empty(batch, dtype=torch.int64) if count_spikes else None
     by_position = count_positions > 0 and not analog_output
+    count = torch.empty(batch, dtype=torch.int64) if count_spikes or by_position else None
     positions = count_positions if by_position else max(features, 1)
     per_position = torch.empty((batch, positions), dtype=torch.float32) if by_position else None
     rest = 0.0 if v_reset is None else float(v_reset)

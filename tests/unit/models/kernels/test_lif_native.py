@@ -87,6 +87,9 @@ def test_spikes_are_counted_per_position_as_they_fire(channels: int, positions: 
     assert torch.equal(got.out, expected.out) and torch.equal(got.spike_count, expected.spike_count)
     per_position = expected.out.sum(dim=0).reshape(2, channels, positions).sum(dim=1)
     assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, per_position)
+    with torch.inference_mode():  # each sample's total comes with the per-position counts, unasked
+        unasked = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions)
+    assert unasked.spike_count is not None and torch.equal(unasked.spike_count, expected.spike_count)
 
 
 def test_positions_that_do_not_divide_the_features_are_refused() -> None:
