@@ -66,7 +66,11 @@ class MultiStepNeuron(nn.Module):
         if x.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, B, ...], got shape {tuple(x.shape)}")
         steps, batch = x.shape[0], x.shape[1]
-        flat = x.reshape(steps, batch, -1)
+        # an elementwise loop runs in memory order: a channels_last map [T, B, C, H, W] is read as its
+        # [T, B, H, W, C] view (no copy), its spikes given back in the same layout, for the next conv
+        channels_inner = _channels_inner(x)
+        laid = x.permute(0, 1, 3, 4, 2) if channels_inner else x
+        flat = laid.reshape(steps, batch, -1)
         recorder = telemetry.current_recorder()
         step_state = current_step_state()  # a step-by-step caller's own membranes (models.stepping)
         streaming = self.streaming or step_state is not None
@@ -90,12 +94,15 @@ class MultiStepNeuron(nn.Module):
             return_v=streaming,
             count_spikes=recorder is not None and not count_by_position,
             count_positions=x.shape[-1] * x.shape[-2] if count_by_position else 0,
+            channels_inner=channels_inner,
         )
         if step_state is not None and result.v is not None:
             step_state.membranes[id(self)] = result.v.detach()
         elif self.streaming:
             self.v = None if result.v is None else result.v.detach()
-        out = result.out.reshape(x.shape)
+        out = result.out.reshape(laid.shape)
+        if channels_inner:
+            out = out.permute(0, 1, 4, 2, 3)
         if recorder is None:
             return out
         if count_by_position and result.spikes_per_position is not None:
@@ -114,6 +121,11 @@ class MultiStepNeuron(nn.Module):
     def extra_repr(self) -> str:
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
         return f"tau={self.tau}, v_threshold={self.v_threshold}, {reset}, backend={self.backend}"
+
+
+def _channels_inner(x: torch.Tensor) -> bool:
+    """Whether x: [T, B, C, H, W] keeps each position's channels adjacent (channels_last)."""
+    return x.dim() == 5 and x.shape[2] > 1 and x.stride(2) == 1 and not x.is_contiguous()
 
 
 class LIF(MultiStepNeuron):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import msgpack
@@ -129,7 +129,12 @@ class InferenceResult:
     time_steps_used: int | None = None
 
     def to_bytes(self) -> bytes:
-        return msgpack.packb(asdict(self), use_bin_type=True)
+        # fields() rather than asdict(), which deep-copies the telemetry of every answer first
+        payload = {f.name: getattr(self, f.name) for f in fields(self)}
+        payload["predictions"] = [
+            {"label": p.label, "index": p.index, "probability": p.probability} for p in self.predictions
+        ]
+        return msgpack.packb(payload, use_bin_type=True)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> InferenceResult:

@@ -164,13 +164,19 @@ def eager_neurons() -> Iterator[None]:
 
 
 def multistep_lif(
-    x: torch.Tensor, *, backend: str = "torch", count_positions: int = 0, **params: Any
+    x: torch.Tensor,
+    *,
+    backend: str = "torch",
+    count_positions: int = 0,
+    channels_inner: bool = False,
+    **params: Any,
 ) -> LIFResult:
     """Dispatch x: [T, B, F] to the chosen backend. See ``reference.multistep_lif`` for params;
     the triton backend also takes ``spike_dtype`` (``torch.uint8`` for byte spikes).
 
     ``count_positions`` P > 0 (a spiking layer whose F is channels x P positions, a conv's output)
     fills ``spikes_per_position``, what an exact synaptic-operation count of the next conv reads.
+    F is [C, P] (channels outer), or [P, C] with ``channels_inner`` (a channels_last network's order).
     The native loop counts them as it fires; the inductor loop adds each neuron's spikes up over the
     steps as it runs, so the channel sum reads a T-th of the output; the others sum the output over
     channels afterwards.
@@ -184,18 +190,22 @@ def multistep_lif(
             params["count_per_neuron"] = True
         elif count_positions and chosen == "native":
             params["count_positions"] = count_positions  # counted in the loop itself
+            params["channels_inner"] = channels_inner
         result = _run_backend(chosen, x, params)
     if count_positions and result.spikes_per_position is None and not params.get("analog_output", False):
-        result.spikes_per_position = _spikes_per_position(result, count_positions)
+        result.spikes_per_position = _spikes_per_position(result, count_positions, channels_inner)
     return result
 
 
-def _spikes_per_position(result: LIFResult, positions: int) -> torch.Tensor:
-    """[S*B, P] float32 (S = 1 from per-neuron totals, else T): a vectorised add of the channel planes."""
+def _spikes_per_position(result: LIFResult, positions: int, channels_inner: bool = False) -> torch.Tensor:
+    """[S*B, P] float32 (S = 1 from per-neuron totals, else T): a vectorised add of the channels."""
     source = result.spikes_per_neuron
     if source is None:
         source = result.out.detach() if result.out.requires_grad else result.out
-    return source.reshape(-1, source.shape[-1] // positions, positions).sum(dim=1, dtype=torch.float32)
+    channels = source.shape[-1] // positions
+    if channels_inner:
+        return source.reshape(-1, positions, channels).sum(dim=2, dtype=torch.float32)
+    return source.reshape(-1, channels, positions).sum(dim=1, dtype=torch.float32)
 
 
 def _auto_workload(device: torch.device) -> tuple[torch.Tensor, int]:

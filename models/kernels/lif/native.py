@@ -129,7 +129,7 @@ def library() -> ctypes.CDLL:
             function = loaded.spikeserve_lif_forward_f32
             function.restype = ctypes.c_int
             pointer, size, real, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-            function.argtypes = [pointer] * 6 + [size] * 4 + [real] * 4 + [flag] * 3
+            function.argtypes = [pointer] * 6 + [size] * 4 + [real] * 4 + [flag] * 4
             _LIBRARY = loaded
     return _LIBRARY
 
@@ -152,10 +152,11 @@ def multistep_lif_native(
     return_v: bool = False,
     count_spikes: bool = False,
     count_positions: int = 0,
+    channels_inner: bool = False,
 ) -> LIFResult:
     """``reference.multistep_lif`` in one pass. x: [T, B, F] -> LIFResult (same fields, same values);
     ``count_positions`` P > 0 also fills ``spikes_per_position`` [B, P] (summed over the steps) and,
-    from those same counts, ``spike_count``."""
+    from those same counts, ``spike_count``; F is read as [C, P], or as [P, C] with ``channels_inner``."""
     tensor_tau = isinstance(inv_tau, torch.Tensor)
     needs_graph = torch.is_grad_enabled() and (
         x.requires_grad
@@ -207,6 +208,7 @@ def multistep_lif_native(
             int(v_reset is not None),
             int(decay_input),
             int(analog_output),
+            int(channels_inner),
         )
         if status != 0:
             raise ValueError(f"the native LIF loop cannot split {features} features into {positions}")

@@ -152,6 +152,30 @@ def test_neurons_report_spikes_to_telemetry() -> None:
     assert samples[0].spike_rate == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_a_channels_last_map_fires_the_same_spikes_and_keeps_its_layout(backend: str) -> None:
+    """[T, B, C, H, W] laid out channels_last: the values and the per-position map of the same
+    input laid out contiguously; the spikes come back channels_last, for the next conv."""
+    from models.kernels.lif import native
+
+    if backend == "native" and native.unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no C compiler here")
+    x = torch.rand(3, 2, 5, 4, 6, generator=torch.Generator().manual_seed(0)) * 3
+    laid = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    assert laid.stride(2) == 1 and torch.equal(laid, x)
+    maps = []
+    for given in (x, laid):
+        lif = LIF(backend=backend)
+        with torch.inference_mode(), telemetry.record(lif) as recorder:
+            spikes = lif(given)
+            events, per_position = recorder.input_activity(spikes)
+        maps.append((spikes, events, per_position))
+    (spikes, events, per_position), (laid_spikes, laid_events, laid_map) = maps
+    assert laid_spikes.stride(2) == 1 and torch.equal(laid_spikes, spikes)
+    assert torch.equal(laid_events, events)
+    assert per_position is not None and laid_map is not None and torch.equal(laid_map, per_position)
+
+
 def test_factory_builds_fresh_configured_neurons() -> None:
     make = neuron_factory("plif", tau=3.0, v_reset=None)
     first, second = make(), make()

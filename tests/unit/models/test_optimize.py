@@ -150,6 +150,39 @@ def test_cpu_inference_model_matches_the_network_and_names_layers_alike() -> Non
     assert mismatched <= 1  # float32 folding may move a spike that sat on the threshold
 
 
+def report_numbers(model: nn.Module, forward, x: torch.Tensor) -> list[tuple[object, ...]]:
+    with torch.inference_mode(), telemetry.record(model) as recorder:
+        forward(x)
+    return [
+        (sample.spikes, sample.synaptic_ops, sample.macs, sample.layers, sample.synaptic_layers)
+        for sample in recorder.report()
+    ]
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_a_cpu_network_runs_channels_last_with_the_same_answer_and_telemetry(backend: str) -> None:
+    """On a CPU a network with convolutions runs channels_last by default (oneDNN's convolutions
+    skip a reorder per call); its output and every layer's spikes and SOPs are the contiguous one's."""
+    from models.kernels.lif import native
+
+    if backend == "native" and native.unavailable_reason(torch.device("cpu")) is not None:
+        pytest.skip("no C compiler here")
+    contiguous_model, x = net_and_input(backend, batch=4)
+    laid_model, _ = net_and_input(backend, batch=4)
+    contiguous = optimize_for_inference(contiguous_model, "cpu", backend=backend, channels_last=False)
+    laid = optimize_for_inference(laid_model, "cpu", backend=backend)
+    assert laid.report.channels_last and not contiguous.report.channels_last
+    assert laid.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(laid(x), contiguous(x), rtol=1e-5, atol=1e-5)
+    assert report_numbers(laid.model, laid, x) == report_numbers(contiguous.model, contiguous, x)
+
+
+def test_a_network_without_convolutions_stays_as_it_is() -> None:
+    mlp = nn.Sequential(SeqLinear(6, 4), LIF(), SeqLinear(4, 3))
+    assert not optimize_for_inference(mlp, "cpu", backend="torch").report.channels_last
+
+
 def test_cpu_inference_model_runs_batches_in_several_threads_at_once() -> None:
     model, _ = net_and_input()
     optimized = optimize_for_inference(model, "cpu", backend="torch")

@@ -167,6 +167,9 @@ def test_spikes_per_position_are_the_output_summed_over_channels(analog_output: 
     expected = result.out.reshape(4 * 2, 3, 10).sum(dim=1)
     assert result.spikes_per_position is not None
     assert torch.equal(result.spikes_per_position, expected)
+    inner = lif.multistep_lif(x, inv_tau=0.5, count_positions=10, channels_inner=True)  # [10, 3] per row
+    assert inner.spikes_per_position is not None
+    assert torch.equal(inner.spikes_per_position, result.out.reshape(4 * 2, 10, 3).sum(dim=2))
 
 
 def test_the_reference_adds_each_neurons_spikes_up_over_the_steps() -> None:

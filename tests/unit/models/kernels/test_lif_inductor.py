@@ -74,6 +74,10 @@ def test_spikes_per_position_come_from_the_loops_own_totals() -> None:
     assert got.spikes_per_neuron is not None and torch.equal(got.spikes_per_neuron, expected.out.sum(dim=0))
     assert got.spikes_per_position is not None
     assert torch.equal(got.spikes_per_position, expected.out.sum(dim=0).reshape(3, 2, 45).sum(dim=1))
+    with torch.inference_mode():  # a channels_last map's features: [45 positions, 2 channels]
+        inner = multistep_lif(x, backend="inductor", inv_tau=0.5, count_positions=45, channels_inner=True)
+    assert inner.spikes_per_position is not None
+    assert torch.equal(inner.spikes_per_position, expected.out.sum(dim=0).reshape(3, 45, 2).sum(dim=2))
 
 
 @pytest.mark.slow

@@ -92,6 +92,21 @@ def test_spikes_are_counted_per_position_as_they_fire(channels: int, positions: 
     assert unasked.spike_count is not None and torch.equal(unasked.spike_count, expected.spike_count)
 
 
+@pytest.mark.parametrize(
+    ("channels", "positions"),
+    [(16, 49), (3, 10), (3000, 2), (2049, 3), (1, 4096)],  # tiles ending inside a position, one channel
+)
+def test_channels_inner_positions_are_counted_as_they_fire(channels: int, positions: int) -> None:
+    """F read as [P, C] (a channels_last map): the spikes of each position's adjacent channels."""
+    x = _input((4, 2, positions * channels), seed=5)
+    with torch.inference_mode():
+        got = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions, channels_inner=True)
+        expected = reference(x, inv_tau=0.5, count_spikes=True)
+    assert torch.equal(got.out, expected.out) and torch.equal(got.spike_count, expected.spike_count)
+    per_position = expected.out.sum(dim=0).reshape(2, positions, channels).sum(dim=2)
+    assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, per_position)
+
+
 def test_positions_that_do_not_divide_the_features_are_refused() -> None:
     x = _input((4, 2, 30), seed=4)
     with pytest.raises(ValueError, match="cannot split 30 features into 7"):
