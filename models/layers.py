@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
+from models.kernels import spike_conv
 from models.synaptic_ops import conv_plan, conv_synaptic_ops, linear_synaptic_ops
 
 InputKind = bool | Literal["auto"]  # the ``analog_input`` of a synaptic layer
@@ -42,24 +43,35 @@ def fed_by_real_values(analog_input: InputKind, x: torch.Tensor) -> bool:
 
 
 class SeqConv2d(nn.Conv2d):
-    """Conv2d applied at every step. x: [T, B, C_in, H, W] -> [T, B, C_out, H', W']."""
+    """Conv2d applied at every step. x: [T, B, C_in, H, W] -> [T, B, C_out, H', W'].
+
+    ``spike_driven`` (set by ``models.optimize`` on a CPU, for a layer fed by spikes): the conv adds
+    only the weights of its non-zero inputs where ``models.kernels.spike_conv`` can run.
+    """
 
     def __init__(self, *args: Any, analog_input: InputKind = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.analog_input = analog_input
+        self.spike_driven = False
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C_in, H, W] -> [N, C_out, H', W']."""
+        if self.spike_driven and spike_conv.runs(self, x):
+            return spike_conv.conv2d(self, x)
+        return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         steps = x.shape[0]
         recorder = telemetry.current_recorder()
         if recorder is None:
-            return unfold_time(super().forward(fold_time(x)), steps)
+            return unfold_time(self._conv(fold_time(x)), steps)
         # counted before the conv runs: its input was just written and is still in the cache, where
         # after the conv its output and workspace have pushed it out (the count then read it from memory)
         plan = conv_plan(self, x)
         sops = None
         if not fed_by_real_values(self.analog_input, x):
             sops = conv_synaptic_ops(self, x, *recorder.input_activity(x), plan=plan)
-        y = unfold_time(super().forward(fold_time(x)), steps)
+        y = unfold_time(self._conv(fold_time(x)), steps)
         recorder.record_synapse(self, plan.macs_per_step, steps, sops)
         return y
 

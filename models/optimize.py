@@ -12,6 +12,8 @@
    NHWC directly, where NCHW costs them a reorder per call: the zoo's DANets run 1.3x faster,
    Spikeformer 1.1x; the neurons keep the layout, see ``models.neurons``); on a GPU kept where it
    pays, measured on ``example_input``.
+   Then, on a CPU with the native library built, the convs fed by spikes (``analog_input=False``)
+   become spike-driven (``models.kernels.spike_conv``): they add only the weights of their events.
 5. torch.compile: kept where it pays, measured on ``example_input`` (on a CPU not tried unless
    asked: compiling a network on a few cores takes minutes).
 6. CUDA graphs, captured lazily per (batch-size bucket, input shape, telemetry on/off). A batch
@@ -39,6 +41,7 @@ import torch.nn as nn
 
 from models import telemetry
 from models.base import reset_state, set_backend, spiking_layers
+from models.kernels import spike_conv
 from models.kernels.lif import COMPILING_BACKENDS, eager_neurons, resolve_backend
 from models.layers import SeqBatchNorm1d, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import MultiStepNeuron
@@ -58,6 +61,7 @@ class OptimizeReport:
     neuron_backend: str
     folded_batchnorms: list[str] = field(default_factory=list)
     channels_last: bool = False
+    spike_driven_convs: list[str] = field(default_factory=list)
     compiled: bool = False
     cuda_graphs: bool = False
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -312,6 +316,7 @@ def optimize_for_inference(
     backend: str = "auto",
     fold_bn: bool = True,
     channels_last: bool | None = None,
+    spike_driven: bool | None = None,
     compile: bool | None = None,
     cuda_graphs: bool | None = None,
     batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
@@ -320,7 +325,8 @@ def optimize_for_inference(
 
     example_input: [T, B, C, H, W], needed to measure channels_last and compile (``None`` = measure
     on a GPU when an example is given, else off; channels_last ``None`` on a CPU = on where the
-    network has a convolution); dtype: None = bf16 on a GPU (fp16 without bf16),
+    network has a convolution); spike_driven: None = on a CPU where the native library builds
+    (it runs in channels_last networks); dtype: None = bf16 on a GPU (fp16 without bf16),
     float32 on a CPU; cuda_graphs: None = on for CUDA unless a neuron is streaming.
     """
     device = torch.device(device)
@@ -349,6 +355,13 @@ def optimize_for_inference(
         else:
             model.to(memory_format=torch.channels_last)
         report.channels_last = bool(channels_last)
+    if spike_driven is None:
+        spike_driven = device.type == "cpu" and dtype == torch.float32 and spike_conv.available()
+    for name, module in model.named_modules():
+        if isinstance(module, SeqConv2d):
+            module.spike_driven = bool(spike_driven) and module.analog_input is False
+            if module.spike_driven:
+                report.spike_driven_convs.append(name)
 
     compiled = None
     if compile or (compile is None and measure):

@@ -256,6 +256,7 @@ class Engine:
             f"{report.dtype}, neuron backend {report.neuron_backend}, "
             f"{len(report.folded_batchnorms)} BN folded, "
             f"channels_last {'on' if report.channels_last else 'off'}, "
+            f"{len(report.spike_driven_convs)} spike-driven convs, "
             f"CUDA graphs {'on' if report.cuda_graphs else 'off'}"
         )
         loaded = LoadedModel(

@@ -1,5 +1,8 @@
 """The ``native`` backend: the LIF loop in plain C (``native.c``), built once per machine, for inference.
 
+The same library holds the spike-driven convolution (``models/kernels/spike_conv.c``, called by
+``models.kernels.spike_conv``): one build, one cache entry, one availability for both.
+
 Why next to inductor: the compiled loop cannot count spikes as it fires (inductor turns a count
 into reduction loops of their own that recompute the steps), so with telemetry on every spiking
 layer paid a second pass over its output; here the count, per sample and per position, comes out
@@ -32,6 +35,8 @@ from models.kernels.lif.reference import LIFResult
 from models.kernels.lif.reference import multistep_lif as reference_multistep_lif
 
 SOURCE = Path(__file__).with_name("native.c")
+# built into the same library: the spike-driven convolution (models.kernels.spike_conv)
+SOURCES = (SOURCE, Path(__file__).parents[1] / "spike_conv.c")
 COMPILERS = ("cc", "gcc", "clang")
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as torch's does
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11")
@@ -85,10 +90,10 @@ def _cpu_flags() -> str:
 
 
 def _build(cc: str) -> Path:
-    source = SOURCE.read_bytes()
+    sources = [path.read_bytes() for path in SOURCES]
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
-        b"\0".join([source, cc.encode(), version.encode(), " ".join(FLAGS).encode(), _cpu_flags().encode()])
+        b"\0".join([*sources, cc.encode(), version.encode(), " ".join(FLAGS).encode(), _cpu_flags().encode()])
     ).hexdigest()[:20]
     directory = _cache_dir()
     library = directory / f"lif_native_{key}.so"
@@ -98,10 +103,11 @@ def _build(cc: str) -> Path:
     os.close(fd)
     try:
         result = subprocess.run(
-            [cc, *FLAGS, "-o", partial, str(SOURCE)], capture_output=True, text=True, check=False
+            [cc, *FLAGS, "-o", partial, *map(str, SOURCES)], capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
-            raise OSError(f"{cc} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}")
+            names = " and ".join(path.name for path in SOURCES)
+            raise OSError(f"{cc} could not build {names}: {result.stderr.strip()[-500:]}")
         os.replace(partial, library)  # atomic: a process starting meanwhile sees all of it or none
     finally:
         if os.path.exists(partial):
@@ -130,6 +136,9 @@ def library() -> ctypes.CDLL:
             function.restype = ctypes.c_int
             pointer, size, real, flag = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
             function.argtypes = [pointer] * 6 + [size] * 4 + [real] * 4 + [flag] * 4
+            conv = loaded.spikeserve_spike_conv2d_f32
+            conv.restype = ctypes.c_int
+            conv.argtypes = [pointer] * 4 + [size] * 13
             _LIBRARY = loaded
     return _LIBRARY
 

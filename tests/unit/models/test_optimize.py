@@ -169,13 +169,33 @@ def test_a_cpu_network_runs_channels_last_with_the_same_answer_and_telemetry(bac
         pytest.skip("no C compiler here")
     contiguous_model, x = net_and_input(backend, batch=4)
     laid_model, _ = net_and_input(backend, batch=4)
-    contiguous = optimize_for_inference(contiguous_model, "cpu", backend=backend, channels_last=False)
-    laid = optimize_for_inference(laid_model, "cpu", backend=backend)
+    contiguous = optimize_for_inference(
+        contiguous_model, "cpu", backend=backend, channels_last=False, spike_driven=False
+    )
+    laid = optimize_for_inference(laid_model, "cpu", backend=backend, spike_driven=False)
     assert laid.report.channels_last and not contiguous.report.channels_last
     assert laid.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         torch.testing.assert_close(laid(x), contiguous(x), rtol=1e-5, atol=1e-5)
     assert report_numbers(laid.model, laid, x) == report_numbers(contiguous.model, contiguous, x)
+
+
+def test_the_spike_fed_convs_of_a_cpu_network_are_spike_driven_with_the_same_telemetry() -> None:
+    """The convs fed by neurons add only their events' weights; the stem and the projection, fed
+    by real values, stay dense; the answer and every layer's spikes and SOPs stay the same."""
+    from models.kernels import spike_conv
+
+    if not spike_conv.available():
+        pytest.skip("no C compiler here")
+    dense_model, x = net_and_input("native", batch=4)
+    driven_model, _ = net_and_input("native", batch=4)
+    dense = optimize_for_inference(dense_model, "cpu", backend="native", spike_driven=False)
+    driven = optimize_for_inference(driven_model, "cpu", backend="native")
+    assert driven.report.spike_driven_convs == ["branch1.1", "branch2.1"]
+    assert dense.report.spike_driven_convs == [] and not dense.model.branch1[1].spike_driven
+    with torch.inference_mode():
+        torch.testing.assert_close(driven(x), dense(x), rtol=1e-5, atol=1e-5)
+    assert report_numbers(driven.model, driven, x) == report_numbers(dense.model, dense, x)
 
 
 def test_a_network_without_convolutions_stays_as_it_is() -> None:
