@@ -7,9 +7,10 @@ channels_last dense, and channels_last with spike-driven convs (the CPU default)
 Each network is loaded once per path and prepared by ``optimize_for_inference`` as the engine
 prepares it (BN folded, the neuron backend ``auto`` picks); the forwards alternate, round after
 round, with telemetry recorded and reported as a served answer does, and without. Inputs: the
-first held-out MNIST-5k digits for image networks, their emulated N-MNIST recordings binned as
-each event network's manifest says (``spikeserve emulate``'s recordings) for event networks. Prints the median time per sample of each path, and the contiguous time over
-each other path's, per round (median and range). Every path must give the contiguous output.
+first held-out MNIST-5k digits for image networks; for event networks, their emulated N-MNIST
+recordings (``spikeserve emulate``'s) binned as the manifest says. Prints the median time per
+sample of each path, and the contiguous time over each other path's per round (median and
+range). Every path must give the contiguous output.
 """
 
 from __future__ import annotations
