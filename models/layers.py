@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from models import telemetry
-from models.kernels import spike_conv
+from models.kernels.conv import spike_driven as spike_driven_conv
 from models.synaptic_ops import conv_plan, conv_synaptic_ops, linear_synaptic_ops
 
 InputKind = bool | Literal["auto"]  # the ``analog_input`` of a synaptic layer
@@ -46,7 +46,7 @@ class SeqConv2d(nn.Conv2d):
     """Conv2d applied at every step. x: [T, B, C_in, H, W] -> [T, B, C_out, H', W'].
 
     ``spike_driven`` (set by ``models.optimize`` on a CPU, for a layer fed by spikes): the conv adds
-    only the weights of its non-zero inputs where ``models.kernels.spike_conv`` can run.
+    only the weights of its non-zero inputs where ``models.kernels.conv.spike_driven`` can run.
     """
 
     def __init__(self, *args: Any, analog_input: InputKind = False, **kwargs: Any) -> None:
@@ -56,8 +56,8 @@ class SeqConv2d(nn.Conv2d):
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         """x: [N, C_in, H, W] -> [N, C_out, H', W']."""
-        if self.spike_driven and spike_conv.runs(self, x):
-            return spike_conv.conv2d(self, x)
+        if self.spike_driven and spike_driven_conv.runs(self, x):
+            return spike_driven_conv.conv2d(self, x)
         return super().forward(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]

@@ -13,7 +13,7 @@
    Spikeformer 1.1x; the neurons keep the layout, see ``models.neurons``); on a GPU kept where it
    pays, measured on ``example_input``.
    Then, on a CPU with the native library built, the convs fed by spikes (``analog_input=False``)
-   become spike-driven (``models.kernels.spike_conv``): they add only the weights of their events.
+   become spike-driven (``models.kernels.conv.spike_driven``): they add only the weights of their events.
 5. torch.compile: kept where it pays, measured on ``example_input`` (on a CPU not tried unless
    asked: compiling a network on a few cores takes minutes).
 6. CUDA graphs, captured lazily per (batch-size bucket, input shape, telemetry on/off). A batch
@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from models import telemetry
 from models.base import reset_state, set_backend, spiking_layers
-from models.kernels import spike_conv
+from models.kernels.conv import spike_driven as spike_driven_conv
 from models.kernels.lif import COMPILING_BACKENDS, eager_neurons, resolve_backend
 from models.layers import SeqBatchNorm1d, SeqBatchNorm2d, SeqConv2d, SeqLinear, SeqToANN
 from models.neurons import MultiStepNeuron
@@ -356,7 +356,7 @@ def optimize_for_inference(
             model.to(memory_format=torch.channels_last)
         report.channels_last = bool(channels_last)
     if spike_driven is None:
-        spike_driven = device.type == "cpu" and dtype == torch.float32 and spike_conv.available()
+        spike_driven = device.type == "cpu" and dtype == torch.float32 and spike_driven_conv.available()
     for name, module in model.named_modules():
         if isinstance(module, SeqConv2d):
             module.spike_driven = bool(spike_driven) and module.analog_input is False

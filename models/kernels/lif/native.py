@@ -1,7 +1,7 @@
 """The ``native`` backend: the LIF loop in plain C (``native.c``), built once per machine, for inference.
 
-The same library holds the spike-driven convolution (``models/kernels/spike_conv.c``, called by
-``models.kernels.spike_conv``): one build, one cache entry, one availability for both.
+The same library holds the spike-driven convolution (``models/kernels/conv/spike_driven.c``, called by
+``models.kernels.conv.spike_driven``): one build, one cache entry, one availability for both.
 
 Why next to inductor: the compiled loop cannot count spikes as it fires (inductor turns a count
 into reduction loops of their own that recompute the steps), so with telemetry on every spiking
@@ -35,8 +35,8 @@ from models.kernels.lif.reference import LIFResult
 from models.kernels.lif.reference import multistep_lif as reference_multistep_lif
 
 SOURCE = Path(__file__).with_name("native.c")
-# built into the same library: the spike-driven convolution (models.kernels.spike_conv)
-SOURCES = (SOURCE, Path(__file__).parents[1] / "spike_conv.c")
+# built into the same library: the spike-driven convolution (models.kernels.conv.spike_driven)
+SOURCES = (SOURCE, Path(__file__).parents[1] / "conv" / "spike_driven.c")
 COMPILERS = ("cc", "gcc", "clang")
 # -ffp-contract=off: no fused multiply-add, so each operation rounds as torch's does
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11")

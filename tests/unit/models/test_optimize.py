@@ -183,9 +183,9 @@ def test_a_cpu_network_runs_channels_last_with_the_same_answer_and_telemetry(bac
 def test_the_spike_fed_convs_of_a_cpu_network_are_spike_driven_with_the_same_telemetry() -> None:
     """The convs fed by neurons add only their events' weights; the stem and the projection, fed
     by real values, stay dense; the answer and every layer's spikes and SOPs stay the same."""
-    from models.kernels import spike_conv
+    from models.kernels.conv import spike_driven
 
-    if not spike_conv.available():
+    if not spike_driven.available():
         pytest.skip("no C compiler here")
     dense_model, x = net_and_input("native", batch=4)
     driven_model, _ = net_and_input("native", batch=4)

@@ -1,4 +1,4 @@
-"""A conv whose work follows its input's events: ``spike_conv.c``, for spike-fed convs on a CPU.
+"""A conv whose work follows its input's events: ``spike_driven.c``, for spike-fed convs on a CPU.
 
 Where a served network's conv is fed by spikes (``analog_input=False``: the output of a neuron),
 most of its input is zero, and the dense product multiplies those zeros like any other value.

@@ -1,4 +1,4 @@
-"""models/kernels/spike_conv.py: the event-driven conv against torch's dense conv, and where it runs."""
+"""models/kernels/conv/spike_driven.py: the event-driven conv against torch's dense conv, where it runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.kernels import spike_conv
+from models.kernels.conv import spike_driven
 
-pytestmark = pytest.mark.skipif(not spike_conv.available(), reason="no C compiler here")
+pytestmark = pytest.mark.skipif(not spike_driven.available(), reason="no C compiler here")
 
 
 def _events(shape: tuple[int, ...], density: float, seed: int, values: str = "spikes") -> torch.Tensor:
@@ -48,8 +48,8 @@ def test_every_shape_equals_the_dense_conv(
     conv = _conv(c_in, c_out, kernel, stride, padding, bias=c_out % 2 == 0, seed=c_in)
     x = _events((3, c_in, *size), density=0.12, seed=c_out, values=values)
     with torch.inference_mode():
-        assert spike_conv.runs(conv, x)
-        got, expected = spike_conv.conv2d(conv, x), conv(x)
+        assert spike_driven.runs(conv, x)
+        got, expected = spike_driven.conv2d(conv, x), conv(x)
     assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -57,9 +57,9 @@ def test_every_shape_equals_the_dense_conv(
 def test_a_silent_input_gives_the_bias_and_a_dense_one_the_product() -> None:
     conv = _conv(16, 16, 3, 1, 1, bias=True, seed=0)
     with torch.inference_mode():
-        silent = spike_conv.conv2d(conv, _events((2, 16, 6, 6), density=0.0, seed=1))
+        silent = spike_driven.conv2d(conv, _events((2, 16, 6, 6), density=0.0, seed=1))
         dense = _events((2, 16, 6, 6), density=1.0, seed=2)
-        torch.testing.assert_close(spike_conv.conv2d(conv, dense), conv(dense), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(spike_driven.conv2d(conv, dense), conv(dense), rtol=1e-5, atol=1e-5)
     assert torch.equal(silent, conv.bias.detach().view(1, 16, 1, 1).expand(2, 16, 6, 6))
 
 
@@ -68,35 +68,35 @@ def test_new_weights_are_packed_again() -> None:
     conv = _conv(16, 16, 3, 1, 1, bias=False, seed=0)
     x = _events((1, 16, 5, 5), density=0.3, seed=3)
     with torch.inference_mode():
-        spike_conv.conv2d(conv, x)
+        spike_driven.conv2d(conv, x)
     with torch.no_grad():
         conv.weight.mul_(2.0)
     with torch.inference_mode():
-        torch.testing.assert_close(spike_conv.conv2d(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(spike_driven.conv2d(conv, x), conv(x), rtol=1e-5, atol=1e-5)
 
 
 def test_it_runs_only_where_it_is_free_and_exact() -> None:
     conv = _conv(4, 4, 3, 1, 1, bias=True, seed=0)
     x = _events((2, 4, 6, 6), density=0.2, seed=0)
     with torch.inference_mode():
-        assert spike_conv.runs(conv, x)
-        assert not spike_conv.runs(conv, x.contiguous())  # NCHW: reading it would need a copy
-        assert not spike_conv.runs(conv, x.double())
-        assert not spike_conv.runs(_conv(4, 4, 3, 1, 1, True, 0).double(), x)
+        assert spike_driven.runs(conv, x)
+        assert not spike_driven.runs(conv, x.contiguous())  # NCHW: reading it would need a copy
+        assert not spike_driven.runs(conv, x.double())
+        assert not spike_driven.runs(_conv(4, 4, 3, 1, 1, True, 0).double(), x)
     grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
     dilated = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
     same = nn.Conv2d(4, 4, 3, padding="same")
     circular = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
     with torch.no_grad():
-        assert not any(spike_conv.runs(c, x) for c in (grouped, dilated, same, circular))
+        assert not any(spike_driven.runs(c, x) for c in (grouped, dilated, same, circular))
     trained = nn.Conv2d(4, 4, 3, padding=1)  # weights that want a gradient, outside no_grad
-    assert not spike_conv.runs(trained, x)
+    assert not spike_driven.runs(trained, x)
 
 
 def test_an_empty_batch_and_a_map_smaller_than_the_kernel_behave_as_torch() -> None:
     conv = _conv(4, 4, 3, 1, 0, bias=True, seed=0)
     with torch.inference_mode():
         empty = _events((0, 4, 6, 6), density=0.2, seed=0)
-        assert spike_conv.conv2d(conv, empty).shape == conv(empty).shape
+        assert spike_driven.conv2d(conv, empty).shape == conv(empty).shape
         with pytest.raises(RuntimeError):
-            spike_conv.conv2d(conv, _events((1, 4, 2, 2), density=0.5, seed=0))
+            spike_driven.conv2d(conv, _events((1, 4, 2, 2), density=0.5, seed=0))
