@@ -8,12 +8,12 @@
 2. dtype (bf16/fp16 on a GPU): the network is cast; the neurons' own parameters stay float32
    (PLIF's w), and the neurons compute in float32 whatever their input.
 3. The fused neuron backend: ``auto`` is measured per device (models.kernels.lif).
-4. channels_last: on a CPU, on for every network with a convolution (oneDNN's kernels read
-   NHWC directly, where NCHW costs them a reorder per call: the zoo's DANets run 1.3x faster,
-   Spikeformer 1.1x; the neurons keep the layout, see ``models.neurons``); on a GPU kept where it
-   pays, measured on ``example_input``.
+4. channels_last: on a CPU, on for every network with a convolution (oneDNN's kernels read NHWC
+   directly: the zoo's networks ran 1.0-1.16x faster on the inputs they serve; the neurons keep
+   the layout, see ``models.neurons``); on a GPU kept where it pays, measured on ``example_input``.
    Then, on a CPU with the native library built, the convs fed by spikes (``analog_input=False``)
-   become spike-driven (``models.kernels.conv.spike_driven``): they add only the weights of their events.
+   become spike-driven (``models.kernels.conv.spike_driven``): they add only their events'
+   weights (1.7-2.1x on the DANets, docs/PERFORMANCE.md).
 5. torch.compile: kept where it pays, measured on ``example_input`` (on a CPU not tried unless
    asked: compiling a network on a few cores takes minutes).
 6. CUDA graphs, captured lazily per (batch-size bucket, input shape, telemetry on/off). A batch

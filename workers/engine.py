@@ -53,8 +53,8 @@ class LoadedModel:
     """A network ready to run. ``sample_shape`` is one sample's step input: (C, H, W).
 
     ``module`` is the network (reset it, record its telemetry); ``forward`` runs it, through
-    ``models.optimize.InferenceModel`` (BN folded, channels_last on a CPU, bf16 and CUDA graphs on a
-    GPU) when optimised.
+    ``models.optimize.InferenceModel`` (BN folded; on a CPU channels_last and spike-driven convs; on
+    a GPU bf16 and CUDA graphs) when optimised.
     ``run_eager`` runs it with nothing compiled or captured: the way to answer a T at once while
     ``forward`` is still being prepared for it (``needs_preparation``: a first call at a new T
     compiles a fused neuron backend or captures CUDA graphs). ``prepared_steps``: the T values
