@@ -5,7 +5,8 @@ most of its input is zero, and the dense product multiplies those zeros like any
 ``conv2d`` adds only the weight rows of the non-zero inputs, so its cost follows the synaptic
 operations the telemetry counts: on the zoo's networks 2.3x (danet-mnist) to 6.6x (danet-nmnist)
 less time in their spike-fed convs than oneDNN's dense kernels (docs/PERFORMANCE.md). The result
-equals the dense conv's within float32 rounding (the same sums in another order).
+equals the dense conv's within float32 rounding (the same sums in another order). An input denser
+than ``break_even_density`` (a network that fires much more than the zoo's) gets the dense conv.
 
 It runs where it can run for free: float32 CPU tensors without autograd, laid out channels_last
 (the CPU default of ``models.optimize``: the NHWC view it reads is then no copy), a plain conv
@@ -56,8 +57,17 @@ def _packed(conv: nn.Conv2d) -> torch.Tensor:
     return kept[1]
 
 
-def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for x: [N, C_in, H, W] channels_last (see ``runs``) -> [N, C_out, HO, WO] channels_last."""
+def break_even_density(conv: nn.Conv2d) -> float:
+    """The input density past which the dense product is the quicker (measured on this kind of CPU,
+    docs/PERFORMANCE.md): about a sixth for a strided conv or one of 16 outputs, whose rows are
+    one vector, a quarter for wider ones. Below it the event-driven sum wins by 1.0-4x."""
+    return 0.15 if max(conv.stride) > 1 or conv.out_channels <= 16 else 0.25
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor, max_density: float | None = None) -> torch.Tensor:
+    """conv(x) for x: [N, C_in, H, W] channels_last (see ``runs``) -> [N, C_out, HO, WO] channels_last:
+    event-driven while x is at most ``max_density`` non-zero (default ``break_even_density``),
+    else torch's dense conv."""
     n, channels, height, width = x.shape
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
@@ -66,8 +76,10 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     weights = _packed(conv)
     bias = None if conv.bias is None else conv.bias.detach().contiguous()
     y = torch.empty((n, out_h, out_w, conv.out_channels), dtype=torch.float32)
+    density = break_even_density(conv) if max_density is None else max_density
+    masks = torch.empty(n * height * width * ((channels + 63) // 64), dtype=torch.int64)
     if y.numel():
-        library().spikeserve_spike_conv2d_f32(
+        too_dense = library().spikeserve_spike_conv2d_f32(
             x.permute(0, 2, 3, 1).data_ptr(),  # the NHWC memory of a channels_last map
             weights.data_ptr(),
             None if bias is None else bias.data_ptr(),
@@ -85,5 +97,9 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
             pw,
             out_h,
             out_w,
+            masks.data_ptr(),
+            int(density * x.numel()),
         )
+        if too_dense:
+            return nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
     return y.permute(0, 3, 1, 2)

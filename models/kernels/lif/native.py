@@ -138,7 +138,7 @@ def library() -> ctypes.CDLL:
             function.argtypes = [pointer] * 6 + [size] * 4 + [real] * 4 + [flag] * 4
             conv = loaded.spikeserve_spike_conv2d_f32
             conv.restype = ctypes.c_int
-            conv.argtypes = [pointer] * 4 + [size] * 13
+            conv.argtypes = [pointer] * 4 + [size] * 13 + [pointer, size]
             _LIBRARY = loaded
     return _LIBRARY
 

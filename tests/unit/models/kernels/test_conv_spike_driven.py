@@ -49,7 +49,7 @@ def test_every_shape_equals_the_dense_conv(
     x = _events((3, c_in, *size), density=0.12, seed=c_out, values=values)
     with torch.inference_mode():
         assert spike_driven.runs(conv, x)
-        got, expected = spike_driven.conv2d(conv, x), conv(x)
+        got, expected = spike_driven.conv2d(conv, x, max_density=1.0), conv(x)
     assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -59,8 +59,30 @@ def test_a_silent_input_gives_the_bias_and_a_dense_one_the_product() -> None:
     with torch.inference_mode():
         silent = spike_driven.conv2d(conv, _events((2, 16, 6, 6), density=0.0, seed=1))
         dense = _events((2, 16, 6, 6), density=1.0, seed=2)
-        torch.testing.assert_close(spike_driven.conv2d(conv, dense), conv(dense), rtol=1e-5, atol=1e-5)
+        forced = spike_driven.conv2d(conv, dense, max_density=1.0)
+        torch.testing.assert_close(forced, conv(dense), rtol=1e-5, atol=1e-5)
     assert torch.equal(silent, conv.bias.detach().view(1, 16, 1, 1).expand(2, 16, 6, 6))
+
+
+@pytest.mark.parametrize(("out_channels", "stride"), [(16, 1), (32, 2), (64, 1)])
+def test_an_input_past_the_break_even_density_gets_the_dense_conv(
+    out_channels: int, stride: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the dense product is the quicker, it is the one that runs (the same bits as torch's)."""
+    conv = _conv(32, out_channels, 3, stride, 1, bias=True, seed=1)
+    edge = spike_driven.break_even_density(conv)
+    sparse, busy = (_events((2, 32, 8, 8), density=d, seed=4) for d in (edge * 0.5, edge * 2.0))
+    with torch.inference_mode():
+        expected = conv(busy)
+    dense_calls = []
+    real_conv2d = torch.nn.functional.conv2d
+    monkeypatch.setattr(
+        torch.nn.functional, "conv2d", lambda *a, **k: dense_calls.append(1) or real_conv2d(*a, **k)
+    )
+    with torch.inference_mode():
+        spike_driven.conv2d(conv, sparse)
+        assert dense_calls == []
+        assert torch.equal(spike_driven.conv2d(conv, busy), expected) and dense_calls == [1]
 
 
 def test_new_weights_are_packed_again() -> None:
