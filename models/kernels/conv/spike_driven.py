@@ -59,9 +59,9 @@ def _packed(conv: nn.Conv2d) -> torch.Tensor:
 
 def break_even_density(conv: nn.Conv2d) -> float:
     """The input density past which the dense product is the quicker (measured on this kind of CPU,
-    docs/PERFORMANCE.md): about a sixth for a strided conv or one of 16 outputs, whose rows are
-    one vector, a quarter for wider ones. Below it the event-driven sum wins by 1.0-4x."""
-    return 0.15 if max(conv.stride) > 1 or conv.out_channels <= 16 else 0.25
+    docs/PERFORMANCE.md): about a sixth for up to 32 outputs, whose weight rows are one or two
+    vectors, a quarter for wider ones. Below it the event-driven sum wins by 1.0-4.6x."""
+    return 0.15 if conv.out_channels <= 32 else 0.25
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor, max_density: float | None = None) -> torch.Tensor:
