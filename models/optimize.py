@@ -13,7 +13,7 @@
    the layout, see ``models.neurons``); on a GPU kept where it pays, measured on ``example_input``.
    Then, on a CPU with the native library built, the convs fed by spikes (``analog_input=False``)
    become spike-driven (``models.kernels.conv.spike_driven``): they add only their events'
-   weights (1.7-2.1x on the DANets, docs/PERFORMANCE.md).
+   weights (1.7-2.3x on the DANets, docs/PERFORMANCE.md).
 5. torch.compile: kept where it pays, measured on ``example_input`` (on a CPU not tried unless
    asked: compiling a network on a few cores takes minutes).
 6. CUDA graphs, captured lazily per (batch-size bucket, input shape, telemetry on/off). A batch
