@@ -65,7 +65,8 @@ def test_a_bundled_danet_answers_alike_through_dense_and_spike_driven_convs(name
             samples = recorder.report()
         runs.append((prepared.report, logits, [sample.spikes for sample in samples]))
     (dense_report, dense, dense_spikes), (report, driven, spikes) = runs
-    assert not dense_report.spike_driven_convs and report.channels_last and len(report.spike_driven_convs) >= 8
+    assert not dense_report.spike_driven_convs and report.channels_last
+    assert len(report.spike_driven_convs) >= 8
     assert torch.equal(driven.argmax(dim=1), dense.argmax(dim=1))
     torch.testing.assert_close(driven.softmax(dim=1), dense.softmax(dim=1), rtol=0, atol=1e-4)
     assert sum(spikes) > 0
