@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,41 +34,18 @@ from registry.loading import sample_shape  # noqa: E402
 from registry.manifest import Manifest  # noqa: E402
 
 
-def digits(count: int) -> np.ndarray:
-    """[count, 1, 28, 28] float32 in [0, 1]: the first held-out MNIST-5k digits."""
-    from training.datasets import mnist5k
+def example(manifest: Manifest, batch: int) -> torch.Tensor:
+    """[T, B, C, H, W]: what the engine feeds the network for ``batch`` requests of held-out digits
+    or their emulated recordings (``training.datasets.held_out_inputs``); random values for an
+    input they do not fit."""
+    from training.datasets import held_out_inputs
 
-    images, _, _ = mnist5k("test")
-    return (np.asarray(images[:count], dtype=np.float32) / 255.0).reshape(count, 1, 28, 28)
-
-
-def example(manifest: Manifest, steps: int, batch: int) -> torch.Tensor:
-    """[T, B, C, H, W]: what the engine feeds the network for ``batch`` requests: held-out digits,
-    or their emulated N-MNIST recordings binned as the manifest says (34x34 sensors); random
-    values for other inputs."""
-    from models.encoding import events_to_frames
-    from registry.manifest import EventInput, ImageInput
-    from training.emulator import emulate
-
-    spec, shape = manifest.input, sample_shape(manifest)
-    if isinstance(spec, ImageInput) and shape == (1, 28, 28):
-        images = torch.from_numpy((digits(batch) - spec.mean[0]) / spec.std[0])
-        return images.unsqueeze(0).repeat(steps, 1, 1, 1, 1)
-    if isinstance(spec, EventInput) and shape[1:] == (34, 34):
-        frames = [
-            events_to_frames(
-                emulate(image[0], seed=index),  # float 0..1
-                (34, 34),
-                steps,
-                spec.binning,
-                spec.time_window_us,
-                spec.event_count,
-            )
-            for index, image in enumerate(digits(batch))
-        ]
-        return torch.from_numpy(np.stack(frames, axis=1))
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand((steps, batch, *shape), generator=generator)
+    try:
+        return torch.from_numpy(held_out_inputs(manifest, batch))
+    except ValueError:
+        generator = torch.Generator().manual_seed(0)
+        shape = (manifest.time_steps.default, batch, *sample_shape(manifest))
+        return torch.rand(shape, generator=generator)
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -121,7 +97,7 @@ def main() -> int:
         default = prepared["spike-driven"].report
         if not (default.channels_last and default.spike_driven_convs):
             print(f"# {name}: the CPU default is not channels_last with spike-driven convs here: {default}")
-        x = example(manifest, manifest.time_steps.default, args.batch)
+        x = example(manifest, args.batch)
         with torch.inference_mode():
             outputs = {variant: p(x) for variant, p in prepared.items()}
         for variant, output in outputs.items():

@@ -22,13 +22,16 @@ import itertools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from eventio import EVENT_DTYPE
 from models.encoding import events_to_frames
-from training.emulator import EmulatorConfig, emulate_batch
+from training.emulator import EmulatorConfig, emulate, emulate_batch
+
+if TYPE_CHECKING:
+    from registry.manifest import Manifest
 
 MNIST5K_RELATIVE_PATH = Path("data") / "data" / "mnist_5k.csv.gz"
 NUM_CLASSES = 10
@@ -209,3 +212,32 @@ def events_to_frame_array(
         )
         out[i] = np.minimum(frames, 255)
     return out
+
+
+def held_out_inputs(manifest: Manifest, count: int) -> np.ndarray:
+    """[T, count, C, H, W] float32 at the manifest's default T: what the engine feeds its network for
+    the first ``count`` held-out digits, normalised 28x28 images, or each digit's emulated N-MNIST
+    recording (digit ``i`` drawn with seed ``i``) binned as the manifest says. For benchmarks and
+    checks of a bundled network on real data; ValueError for an input no held-out data here fits."""
+    from registry.manifest import EventInput, ImageInput
+
+    images, _, _ = mnist5k("test")
+    digits = np.asarray(images[:count], dtype=np.float32) / 255.0  # [count, 28, 28]
+    spec, steps = manifest.input, manifest.time_steps.default
+    if isinstance(spec, ImageInput) and (spec.channels, spec.height, spec.width) == (1, 28, 28):
+        normalised = ((digits - spec.mean[0]) / spec.std[0]).astype(np.float32)
+        return np.repeat(normalised.reshape(1, count, 1, 28, 28), steps, axis=0)
+    if isinstance(spec, EventInput) and (spec.sensor_width, spec.sensor_height) == (34, 34):
+        frames = [
+            events_to_frames(
+                emulate(digit, seed=index),
+                (34, 34),
+                steps,
+                spec.binning,
+                spec.time_window_us,
+                spec.event_count,
+            )
+            for index, digit in enumerate(digits)
+        ]
+        return np.stack(frames, axis=1)
+    raise ValueError(f"{manifest.name}'s input fits neither 28x28 digits nor a 34x34 event sensor")

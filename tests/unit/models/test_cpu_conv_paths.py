@@ -8,47 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from models import telemetry
-from models.encoding import events_to_frames
 from models.kernels.conv import spike_driven
 from models.optimize import optimize_for_inference
 from registry import Registry
-from registry.manifest import EventInput, ImageInput, Manifest
+from training.datasets import held_out_inputs
 
 ZOO = Registry(Path(__file__).resolve().parents[3] / "zoo")
 BATCH = 24
 
 pytestmark = pytest.mark.skipif(not spike_driven.available(), reason="no C compiler here")
-
-
-def _inputs(manifest: Manifest) -> torch.Tensor:
-    """[T, B, C, H, W]: held-out digits (normalised) or their emulated recordings, binned."""
-    from training.datasets import mnist5k
-    from training.emulator import emulate
-
-    images, _, _ = mnist5k("test")
-    digits = np.asarray(images[-BATCH:], dtype=np.float32) / 255.0  # [B, 28, 28]
-    steps, spec = manifest.time_steps.default, manifest.input
-    if isinstance(spec, ImageInput):
-        normalised = (digits - spec.mean[0]) / spec.std[0]
-        return torch.from_numpy(normalised).reshape(1, BATCH, 1, 28, 28).repeat(steps, 1, 1, 1, 1)
-    assert isinstance(spec, EventInput)
-    frames = [
-        events_to_frames(
-            emulate(digit, seed=index),
-            (spec.sensor_width, spec.sensor_height),
-            steps,
-            spec.binning,
-            spec.time_window_us,
-            spec.event_count,
-        )
-        for index, digit in enumerate(digits)
-    ]
-    return torch.from_numpy(np.stack(frames, axis=1))
 
 
 @pytest.mark.parametrize("name", ["danet-mnist", "danet-nmnist"])
@@ -59,7 +31,7 @@ def test_a_bundled_danet_answers_alike_through_dense_and_spike_driven_convs(name
     for keywords in ({"channels_last": False, "spike_driven": False}, {}):
         manifest, network = ZOO.load(name)
         prepared = optimize_for_inference(network, "cpu", backend="native", **keywords)
-        x = _inputs(manifest)
+        x = torch.from_numpy(held_out_inputs(manifest, BATCH))
         with torch.inference_mode(), telemetry.record(prepared.model) as recorder:
             logits = prepared(x)
             samples = recorder.report()

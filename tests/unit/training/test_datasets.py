@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,24 @@ def test_frames_count_every_event_once() -> None:
     assert frames.shape == (2, 4, 2, 34, 34) and frames.dtype == np.uint8
     assert frames[0].sum() == 5 and frames[1].sum() == 2
     assert frames[0, 3, 1, 33, 33] == 1  # the last event lands in the last bin
+
+
+def test_held_out_inputs_are_what_the_engine_feeds_each_bundled_kind_of_network() -> None:
+    """Normalised digits repeated over T, or each digit's emulated recording binned into T frames."""
+    from registry import Registry
+    from training.datasets import held_out_inputs
+
+    zoo = Registry(Path(__file__).resolve().parents[3] / "zoo")
+    names = {summary.name for summary in zoo.list()}
+    if not {"danet-mnist", "danet-nmnist"} <= names:
+        pytest.skip("zoo/ lacks danet-mnist or danet-nmnist")
+    images = held_out_inputs(zoo.resolve("danet-mnist"), 3)
+    assert images.shape == (4, 3, 1, 28, 28) and images.dtype == np.float32
+    assert np.array_equal(images[0], images[3]) and images.min() < 0  # the background, normalised
+    frames = held_out_inputs(zoo.resolve("danet-nmnist"), 3)
+    assert frames.shape == (4, 3, 2, 34, 34) and frames.sum() > 0
+    assert np.array_equal(frames, np.round(frames)) and frames.min() == 0  # event counts
+    digits = zoo.resolve("danet-mnist")
+    larger = digits.model_copy(update={"input": digits.input.model_copy(update={"height": 32, "width": 32})})
+    with pytest.raises(ValueError, match="fits neither"):
+        held_out_inputs(larger, 1)
