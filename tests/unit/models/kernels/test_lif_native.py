@@ -75,36 +75,34 @@ def test_a_learned_time_constant_and_a_strided_input_run_in_the_loop() -> None:
 
 
 @pytest.mark.parametrize(
-    ("channels", "positions"),
-    [(3, 10), (200, 16), (2, 2500), (1, 4096)],  # tiles of many small planes, of parts of large ones
-)
-def test_spikes_are_counted_per_position_as_they_fire(channels: int, positions: int) -> None:
-    """[B, P]: the spikes summed over channels and steps; the loop's output is the reference's."""
-    x = _input((4, 2, channels * positions), seed=4)
+    ("channels", "positions", "channels_inner"),
+    [
+        # F read as [C, P]: tiles of many small planes, of parts of large ones
+        (3, 10, False), (200, 16, False), (2, 2500, False), (1, 4096, False),
+        # F read as [P, C] (a channels_last map): tiles ending inside a position, one channel
+        (16, 49, True), (3, 10, True), (3000, 2, True), (2049, 3, True), (1, 4096, True),
+    ],
+)  # fmt: skip
+def test_spikes_are_counted_per_position_as_they_fire(
+    channels: int, positions: int, channels_inner: bool
+) -> None:
+    """[B, P]: the spikes of each position's channels summed over channels and steps; the loop's
+    output is the reference's."""
+    x = _input((4, 2, channels * positions), seed=5 if channels_inner else 4)
+    layout = dict(count_positions=positions, channels_inner=channels_inner)
     with torch.inference_mode():
-        got = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions, count_spikes=True)
+        got = native.multistep_lif_native(x, inv_tau=0.5, count_spikes=True, **layout)
         expected = reference(x, inv_tau=0.5, count_spikes=True)
     assert torch.equal(got.out, expected.out) and torch.equal(got.spike_count, expected.spike_count)
-    per_position = expected.out.sum(dim=0).reshape(2, channels, positions).sum(dim=1)
+    per_neuron = expected.out.sum(dim=0)
+    if channels_inner:
+        per_position = per_neuron.reshape(2, positions, channels).sum(dim=2)
+    else:
+        per_position = per_neuron.reshape(2, channels, positions).sum(dim=1)
     assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, per_position)
     with torch.inference_mode():  # each sample's total comes with the per-position counts, unasked
-        unasked = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions)
+        unasked = native.multistep_lif_native(x, inv_tau=0.5, **layout)
     assert unasked.spike_count is not None and torch.equal(unasked.spike_count, expected.spike_count)
-
-
-@pytest.mark.parametrize(
-    ("channels", "positions"),
-    [(16, 49), (3, 10), (3000, 2), (2049, 3), (1, 4096)],  # tiles ending inside a position, one channel
-)
-def test_channels_inner_positions_are_counted_as_they_fire(channels: int, positions: int) -> None:
-    """F read as [P, C] (a channels_last map): the spikes of each position's adjacent channels."""
-    x = _input((4, 2, positions * channels), seed=5)
-    with torch.inference_mode():
-        got = native.multistep_lif_native(x, inv_tau=0.5, count_positions=positions, channels_inner=True)
-        expected = reference(x, inv_tau=0.5, count_spikes=True)
-    assert torch.equal(got.out, expected.out) and torch.equal(got.spike_count, expected.spike_count)
-    per_position = expected.out.sum(dim=0).reshape(2, positions, channels).sum(dim=2)
-    assert got.spikes_per_position is not None and torch.equal(got.spikes_per_position, per_position)
 
 
 def test_positions_that_do_not_divide_the_features_are_refused() -> None:
