@@ -72,7 +72,7 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, max_density: float | None = None) -
     (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
     out_h, out_w = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
     if out_h <= 0 or out_w <= 0:  # a map smaller than the kernel: torch's own conv says so
-        return nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+        return _dense(conv, x)
     weights = _packed(conv)
     bias = None if conv.bias is None else conv.bias.detach().contiguous()
     y = torch.empty((n, out_h, out_w, conv.out_channels), dtype=torch.float32)
@@ -101,5 +101,10 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor, max_density: float | None = None) -
             int(density * x.numel()),
         )
         if too_dense:
-            return nn.functional.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)
+            return _dense(conv, x)
     return y.permute(0, 3, 1, 2)
+
+
+def _dense(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The conv's own dense product (nn.Conv2d's, whatever subclass ``conv`` is)."""
+    return nn.Conv2d._conv_forward(conv, x, conv.weight, conv.bias)
